@@ -1,0 +1,117 @@
+"""`agnostic-reloc` command-line tool: thin subcommands over the library.
+
+Errors a user can act on (bad image, unknown detector, bad weights) print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("agnostic_reloc")
+
+
+class UserError(Exception):
+    """An error caused by the user's input, reported as one line."""
+
+
+def _add_match(sub) -> None:
+    from .features.detectors import DETECTORS
+    from .features.suppression import SUPPRESSION_MODES
+    from .pipeline import default_conf
+
+    p = sub.add_parser("match", help="match two images and write matches as JSON")
+    p.add_argument("image0")
+    p.add_argument("image1")
+    p.add_argument("--detector", default=default_conf["detector"], choices=DETECTORS)
+    p.add_argument("--max-keypoints", type=int, default=default_conf["max_keypoints"])
+    p.add_argument("--suppression", default=default_conf["suppression"], choices=SUPPRESSION_MODES)
+    p.add_argument("--sampling", default=default_conf["sampling"], choices=("full", "octave"))
+    p.add_argument("--matcher", default=default_conf["matcher"], choices=("lightglue", "nn", "fused"))
+    p.add_argument("--filter-threshold", type=float, default=default_conf["filter_threshold"])
+    p.add_argument("--weights", default=None, help="fine-tuned LightGlue checkpoint (.pth)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", required=True, help="output JSON path")
+    p.add_argument("--viz", default=None, help="optional PNG of the matches")
+    p.set_defaults(func=cmd_match)
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from .image import load_image
+    from .pipeline import PairPipeline
+
+    img0, img1 = load_image(args.image0), load_image(args.image1)
+    if args.max_keypoints <= 0:
+        raise UserError(f"--max-keypoints must be positive, got {args.max_keypoints}")
+    pipe = PairPipeline(detector=args.detector, max_keypoints=args.max_keypoints,
+                        suppression=args.suppression, sampling=args.sampling, matcher=args.matcher,
+                        filter_threshold=args.filter_threshold, weights=args.weights, device=args.device)
+    res = pipe.match(img0, img1)
+    out = {
+        "keypoints0": res.keypoints0.xy.round(3).tolist(),
+        "keypoints1": res.keypoints1.xy.round(3).tolist(),
+        "matches": res.matches.tolist(),
+        "scores": [round(float(s), 5) for s in res.scores],
+        "timing_ms": {k: round(v, 2) for k, v in res.timing_ms.items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in pipe.conf.items()},
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out))
+    if args.viz:
+        from .viz import draw_matches
+
+        draw_matches(img0, img1, res.keypoints0.xy, res.keypoints1.xy, res.matches, res.scores, args.viz,
+                     title=f"{args.detector} / {args.matcher}: {len(res.matches)} matches")
+    print(f"{len(res.matches)} matches between {len(res.keypoints0)} and {len(res.keypoints1)} keypoints "
+          f"in {res.timing_ms['total']:.0f} ms -> {args.json}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency and homography-accuracy benchmark (tables + JSON)")
+    p.add_argument("--out", default="bench_out", help="output folder for JSON and plots")
+    p.add_argument("--pairs", type=int, default=34, help="number of generated hard homography pairs")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--quick", action="store_true", help="few pairs and repetitions (smoke run)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    bench_main(out=args.out, n_pairs=args.pairs, device=args.device, latency=not args.skip_latency,
+               accuracy=not args.skip_accuracy, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agnostic-reloc", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_match(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from .weights import WeightsError
+
+    try:
+        return args.func(args)
+    except (UserError, ValueError, WeightsError, FileNotFoundError) as exc:
+        if args.verbose:
+            raise
+        print(f"agnostic-reloc {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

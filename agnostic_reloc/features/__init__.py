@@ -1,0 +1,1 @@
+"""Keypoint detectors, the shared keypoint container and keypoint suppression."""

@@ -1,0 +1,185 @@
+"""ALIKED descriptors sampled at *given* keypoints (any detector), plus ALIKED's own detector.
+
+The dense feature map is computed once per image (or once per pyramid level for octave-aware
+sampling) and the SDDH head samples a descriptor at every requested keypoint. Keypoints of a
+multi-scale detector (ORB-SLAM3: 8 levels, factor 1.2) can be described from the map of the
+image resized by 1/1.2^octave at their rescaled position ("octave" sampling), which keeps the
+descriptor's support region proportional to the keypoint's scale.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import torch
+from kornia.feature import ALIKED
+
+from ..image import check_image, to_tensor
+from ..weights import WeightsError, official_path
+from .keypoints import Keypoints
+
+SAMPLING_MODES = ("full", "octave")
+MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda when available, else cpu; a clear error for an unavailable CUDA."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch has no CUDA device here; use --device cpu")
+    return device
+
+
+class AlikedExtractor:
+    """Frozen ALIKED network: dense maps, sampling at given keypoints, and top-k detection."""
+
+    default_conf = {
+        "model_name": "aliked-n16",  # aliked-n16 | aliked-n16rot | aliked-n32 | aliked-t16
+        "device": "auto",  # cpu | cuda | auto
+        "half": True,  # float16 weights and maps on CUDA (ignored on CPU)
+        "sampling": "octave",  # full: one map at full resolution; octave: map per pyramid level
+        "octave_levels": (0, 1, 2, 3, 4, 5, 6, 7),  # levels with their own map; others use the nearest
+        "detection_radius": 2,  # NMS radius of ALIKED's own detector
+    }
+
+    def __init__(self, **conf) -> None:
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown AlikedExtractor options: {sorted(unknown)}")
+        self.conf = {**self.default_conf, **conf}
+        if self.conf["model_name"] not in MODELS:
+            raise ValueError(f"unknown ALIKED model '{self.conf['model_name']}'; choose from {MODELS}")
+        if self.conf["sampling"] not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling '{self.conf['sampling']}'; choose from {SAMPLING_MODES}")
+        self.device = resolve_device(self.conf["device"])
+        self.dtype = torch.float16 if (self.conf["half"] and self.device.type == "cuda") else torch.float32
+        model = ALIKED(model_name=self.conf["model_name"], max_num_keypoints=1000,
+                       detection_threshold=0.0, nms_radius=self.conf["detection_radius"])
+        state = torch.load(official_path(self.conf["model_name"]), map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        learned = {n for n, _ in model.named_parameters()}
+        if unexpected or any(m in learned for m in missing):
+            raise WeightsError(f"ALIKED weights do not fit {self.conf['model_name']}: "
+                               f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.model = model.eval().to(self.device, self.dtype).requires_grad_(False)
+        self.descriptor_dim = int(self.model.desc_head.sf_conv.out_channels)
+        self.lock = threading.Lock()  # the model is shared; kornia's DKD state is mutated per call
+
+    # ------------------------------------------------------------------ dense maps
+    @torch.inference_mode()
+    def dense_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B x 3 x H x W] float in [0, 1] -> (features [B x D x H x W], scores [B x 1 x H x W])."""
+        return self.model.extract_dense_map(images.to(self.device, self.dtype))
+
+    @torch.inference_mode()
+    def sample(self, feature_map: torch.Tensor, xy: list[torch.Tensor]) -> list[torch.Tensor]:
+        """SDDH descriptors at pixel positions of the map: list of [N_i x 2] -> list of [N_i x D]."""
+        _, _, h, w = feature_map.shape
+        scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=feature_map.device)
+        norm = [(p.to(feature_map.device, torch.float32) * scale - 1.0).clamp(-1, 1) for p in xy]
+        nonempty = [i for i, p in enumerate(norm) if len(p)]
+        out = [torch.zeros(0, self.descriptor_dim, device=feature_map.device) for _ in xy]
+        if nonempty:
+            descs, _ = self.model.desc_head(feature_map[nonempty], [norm[i] for i in nonempty])
+            for i, d in zip(nonempty, descs):
+                out[i] = d.float()
+        return out
+
+    # ------------------------------------------------------------------ public API
+    def describe(self, images: list[np.ndarray], keypoints: list[Keypoints],
+                 sampling: str | None = None) -> list[torch.Tensor]:
+        """Descriptors [N_i x D] (float32, L2-normalised, on self.device) at the given keypoints.
+
+        Args:
+            images: RGB (or gray) uint8 images; same-size images are batched in one forward.
+            keypoints: one Keypoints per image, coordinates in that image's pixels.
+            sampling: 'full' or 'octave' (default: conf).
+        """
+        sampling = sampling or self.conf["sampling"]
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling '{sampling}'; choose from {SAMPLING_MODES}")
+        if len(images) != len(keypoints):
+            raise ValueError(f"{len(images)} images but {len(keypoints)} keypoint sets")
+        images = [check_image(im) for im in images]
+        for im, kp in zip(images, keypoints):
+            kp.validate(im.shape)
+        with self.lock:
+            if sampling == "full":
+                return self._describe_at_level(images, keypoints, None)
+            return self._describe_octaves(images, keypoints)
+
+    def _level_for(self, octaves: np.ndarray) -> np.ndarray:
+        levels = np.asarray(sorted(self.conf["octave_levels"]))
+        return levels[np.abs(octaves[:, None] - levels[None, :]).argmin(1)] if len(octaves) else octaves
+
+    def _describe_octaves(self, images: list[np.ndarray], keypoints: list[Keypoints]) -> list[torch.Tensor]:
+        out = [torch.zeros(len(kp), self.descriptor_dim, device=self.device) for kp in keypoints]
+        levels = [self._level_for(kp.octave) for kp in keypoints]
+        for level in sorted({int(v) for lv in levels for v in lv}):
+            selected = [np.flatnonzero(lv == level) for lv in levels]
+            idx = [i for i, s in enumerate(selected) if len(s)]
+            descs = self._describe_at_level([images[i] for i in idx],
+                                            [keypoints[i].subset(selected[i]) for i in idx], level)
+            for i, d in zip(idx, descs):
+                out[i][torch.from_numpy(selected[i]).to(self.device)] = d
+        return out
+
+    def _describe_at_level(self, images: list[np.ndarray], keypoints: list[Keypoints],
+                           level: int | None) -> list[torch.Tensor]:
+        results: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        for shape, idx in groups.items():
+            h, w = shape[:2]
+            if level:
+                s = keypoints[idx[0]].scale_factor ** level
+                lw, lh = max(8, round(w / s)), max(8, round(h / s))
+                batch = [cv2.resize(images[i], (lw, lh), interpolation=cv2.INTER_LINEAR) for i in idx]
+                ratio = np.array([(lw - 1) / (w - 1), (lh - 1) / (h - 1)], np.float32)
+            else:
+                batch, ratio = [images[i] for i in idx], np.ones(2, np.float32)
+            fmap, _ = self.dense_maps(to_tensor(batch, self.device))
+            xy = [torch.from_numpy(keypoints[i].xy * ratio) for i in idx]
+            for i, d in zip(idx, self.sample(fmap, xy)):
+                results[i] = d
+        return results  # type: ignore[return-value]
+
+    def detect(self, image: np.ndarray, max_keypoints: int = 1000) -> Keypoints:
+        """ALIKED's own keypoints (top-k by score, NMS radius from conf) as Keypoints (octave 0)."""
+        kpts, _ = self.detect_and_describe(image, max_keypoints)
+        return kpts
+
+    @torch.inference_mode()
+    def detect_and_describe(self, image: np.ndarray, max_keypoints: int = 1000) -> tuple[Keypoints, torch.Tensor]:
+        """ALIKED's own keypoints and descriptors [N x D] from one dense map."""
+        if max_keypoints <= 0:
+            raise ValueError(f"max_keypoints must be positive, got {max_keypoints}")
+        image = check_image(image)
+        h, w = image.shape[:2]
+        with self.lock:
+            fmap, smap = self.dense_maps(to_tensor([image], self.device))
+            dkd = self.model.dkd
+            dkd.top_k, dkd.n_limit = max_keypoints, max_keypoints
+            kn, scores, _ = dkd(smap)
+            descs, _ = self.model.desc_head(fmap, [kn[0].to(fmap.dtype)])
+        wh = torch.tensor([w - 1, h - 1], dtype=torch.float32, device=kn[0].device)
+        xy = ((kn[0].float() + 1) / 2 * wh).cpu().numpy()
+        order = np.argsort(-scores[0].float().cpu().numpy(), kind="stable")
+        kpts = Keypoints(xy, response=scores[0].float().cpu().numpy(), size=np.full(len(xy), 7.0)).subset(order)
+        return kpts, descs[0].float()[torch.from_numpy(order).to(descs[0].device)]
+
+
+_CACHE: dict[tuple, AlikedExtractor] = {}
+
+
+def get_aliked(model_name: str = "aliked-n16", device: str = "auto", **conf) -> AlikedExtractor:
+    """Shared extractor per (model, device, conf): the network is loaded once per process."""
+    key = (model_name, str(resolve_device(device)), tuple(sorted(conf.items())))
+    if key not in _CACHE:
+        _CACHE[key] = AlikedExtractor(model_name=model_name, device=device, **conf)
+    return _CACHE[key]

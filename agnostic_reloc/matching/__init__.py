@@ -1,0 +1,1 @@
+"""Descriptor matching: classic nearest-neighbour baselines and LightGlue."""

