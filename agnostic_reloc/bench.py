@@ -35,25 +35,25 @@ PAIR_CONF = {"difficulty_range": (0.5, 1.0)}  # hard pairs only: every pair gets
 # every other detector runs with the classic matcher and LightGlue at its own keypoints.
 LEVERS = {
     "orb / ORB desc / Hamming NN": dict(detector="orb", matcher="nn"),
-    "aliked / ALIKED / LightGlue": dict(detector="aliked", matcher="lightglue", sampling="full"),
-    "orb / ALIKED full-res / LightGlue": dict(detector="orb", matcher="lightglue", sampling="full"),
-    "orb / ALIKED octave / LightGlue": dict(detector="orb", matcher="lightglue", sampling="octave"),
+    "aliked / ALIKED / LightGlue": dict(detector="aliked", matcher="lightglue", sampling="full", filter_threshold=0.1),
+    "orb / ALIKED full-res / LightGlue": dict(detector="orb", matcher="lightglue", sampling="full", filter_threshold=0.1),
+    "orb / ALIKED octave / LightGlue": dict(detector="orb", matcher="lightglue", sampling="octave", filter_threshold=0.1),
     "orb / octave / LightGlue f0.01": dict(detector="orb", matcher="lightglue", filter_threshold=0.01),
-    "orb / octave / radius NMS 3px / LightGlue": dict(detector="orb", matcher="lightglue", suppression="radius"),
-    "orb / octave / octave<=3 / LightGlue": dict(detector="orb", matcher="lightglue", suppression="octave"),
-    "orb / octave / fused LG+Hamming": dict(detector="orb", matcher="fused"),
+    "orb / octave / radius NMS 3px / LightGlue": dict(detector="orb", matcher="lightglue", suppression="radius", filter_threshold=0.1),
+    "orb / octave / octave<=3 / LightGlue": dict(detector="orb", matcher="lightglue", suppression="octave", filter_threshold=0.1),
+    "orb / octave / fused LG+Hamming": dict(detector="orb", matcher="fused", filter_threshold=0.1),
     "orb / octave / fused f0.01": dict(detector="orb", matcher="fused", filter_threshold=0.01),
-    "orb / octave levels 0,2,4,6 / LightGlue": dict(detector="orb", matcher="lightglue",
+    "orb / octave levels 0,2,4,6 / LightGlue": dict(detector="orb", matcher="lightglue", filter_threshold=0.1,
                                                      octave_levels=(0, 2, 4, 6)),
     "orb / levels 0,2,4,6 / LightGlue f0.01": dict(detector="orb", matcher="lightglue", filter_threshold=0.01,
                                                     octave_levels=(0, 2, 4, 6)),
     "orb / levels 0,2,4,6 / fused f0.01": dict(detector="orb", matcher="fused", filter_threshold=0.01,
                                                 octave_levels=(0, 2, 4, 6)),
-    "orb-ss / ALIKED / LightGlue": dict(detector="orb-ss", matcher="lightglue"),
+    "orb-ss / ALIKED / LightGlue": dict(detector="orb-ss", matcher="lightglue", filter_threshold=0.1),
     "orb-ss / ORB desc / Hamming NN": dict(detector="orb-ss", matcher="nn"),
 }
 for _det in ("sift", "akaze", "gftt", "disk"):
-    LEVERS[f"{_det} / ALIKED / LightGlue"] = dict(detector=_det, matcher="lightglue")
+    LEVERS[f"{_det} / ALIKED / LightGlue"] = dict(detector=_det, matcher="lightglue", filter_threshold=0.1)
     LEVERS[f"{_det} / ORB desc / Hamming NN"] = dict(detector=_det, matcher="nn")
 
 

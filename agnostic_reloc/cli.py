@@ -89,12 +89,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_world_eval(sub) -> None:
+    p = sub.add_parser("evaluate-world", help="engine on a generated ground-truth sequence: learned vs classic")
+    p.add_argument("--profile", default="mixed", choices=("loop", "kidnap", "mixed"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="number of frames (default: the profile's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="world_eval_out")
+    p.set_defaults(func=cmd_world_eval)
+
+
+def cmd_world_eval(args: argparse.Namespace) -> int:
+    from .world import make_sequence
+    from .world_eval import evaluate_modes, print_report
+
+    seq = make_sequence(seed=args.seed, profile=args.profile, n_frames=args.frames, conf={"keep_depth": False})
+    report = evaluate_modes(seq, engine_conf={"device": args.device}, out=args.out)
+    print_report(report)
+    print(f"wrote {Path(args.out) / 'world_eval.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agnostic-reloc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_match(sub)
     _add_bench(sub)
+    _add_world_eval(sub)
+    from .train.cli import add_evaluate_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -31,10 +31,10 @@ default_conf = {
     "sampling": "octave",  # ALIKED descriptors: full-resolution map, or one map per ORB octave
     "octave_levels": (0, 1, 2, 3, 4, 5, 6, 7),  # pyramid levels with their own ALIKED map
     "aliked_model": "aliked-n16",
-    "matcher": "lightglue",  # lightglue | nn (ORB Hamming, classic) | fused (LightGlue + Hamming)
+    "matcher": "fused",  # lightglue | nn (ORB Hamming, classic) | fused (LightGlue + Hamming), see README
     "weights": None,  # fine-tuned LightGlue checkpoint path (default: official ALIKED LightGlue)
     "device": "auto",  # cpu | cuda | auto
-    "filter_threshold": 0.1,  # LightGlue match confidence
+    "filter_threshold": 0.01,  # LightGlue match confidence (0.01 beat LightGlue's 0.1 on hard pairs)
     "depth_confidence": 0.95,  # LightGlue adaptive depth (-1 off)
     "width_confidence": 0.99,  # LightGlue adaptive width (-1 off)
     "nn_ratio": 0.9,  # Hamming ratio test
@@ -100,6 +100,10 @@ class PairPipeline:
     def keypoints(self, image: np.ndarray) -> Keypoints:
         c = self.conf
         return detect(image, c["detector"], c["max_keypoints"], device=str(self.aliked.device if self.aliked else "cpu"))
+
+    def keypoints_of(self, image: np.ndarray, detector: str, max_keypoints: int) -> Keypoints:
+        """Keypoints of another detector (ensembles), on this pipeline's device."""
+        return detect(image, detector, max_keypoints, device=str(self.aliked.device if self.aliked else "cpu"))
 
     def suppress(self, kpts: Keypoints) -> np.ndarray:
         c = self.conf

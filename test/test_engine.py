@@ -1,0 +1,122 @@
+"""The loop-closure / relocalization engine on a short generated sequence with exact ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agnostic_reloc.engine import Engine
+from agnostic_reloc.features.keypoints import Keypoints
+from agnostic_reloc.geometry import invert_T
+from agnostic_reloc.mapstore import KeyframeMap, MapFormatError
+from agnostic_reloc.runner import KeyframeEvent, QueryEvent, evaluate, events_from_sequence, run
+
+
+@pytest.fixture(scope="module")
+def sequence(photos):
+    from agnostic_reloc.world import make_sequence
+
+    # a short mixed sequence (two laps + kidnapped segments) with sparser keyframes, to keep CI fast
+    conf = {"keep_depth": False, "trajectory": {"kidnap_segments": 3},
+            "slam": {"kf_max_dist": 0.6, "kf_max_angle_deg": 20.0, "kf_max_gap": 8}}
+    return make_sequence(seed=3, profile="mixed", conf=conf, progress=False)
+
+
+@pytest.fixture(scope="module")
+def learned(sequence):
+    engine = Engine({"device": "cpu"})
+    result = run(engine, list(events_from_sequence(sequence)), progress=False)
+    gt = {f.stamp: f.T_world_cam for f in sequence.frames}
+    metrics = evaluate(result, gt, engine.map)
+    print("loops", {k: metrics["loops"][k] for k in ("precision", "recall", "n_loops", "n_false")},
+          "reloc", metrics["relocalization"].get("success_at"))
+    return engine, result, metrics
+
+
+def test_no_false_loop_and_most_revisits_found(learned):
+    _, result, metrics = learned
+    loops = metrics["loops"]
+    assert loops["n_loops"] > 0
+    assert loops["n_false"] == 0
+    assert loops["recall"] >= 0.5
+    assert sum(lc.metric for lc in result.loops) >= 0.5 * len(result.loops)  # mostly PnP on map points
+    for lc in result.loops:  # correspondences are (query row, match row) pairs of SLAM keypoints
+        assert lc.correspondences.shape[1] == 2 and len(lc.correspondences) >= 30
+        assert lc.correspondences[:, 0].max() < 1000 and lc.correspondences[:, 1].max() < 1000
+        assert lc.covariance.shape == (6, 6) and np.allclose(lc.covariance, lc.covariance.T)
+
+
+def test_kidnapped_frames_relocalized(learned):
+    _, result, metrics = learned
+    reloc = metrics["relocalization"]
+    assert len(result.relocalizations) > 0
+    assert reloc["success_at"]["0.5m_5deg"] >= 0.6
+    # nothing reported as localized is wrong by more than 5 m / 10 deg
+    assert reloc["success_at"]["5m_10deg"] * reloc["n_queries"] >= sum(r.success for r in result.relocalizations)
+
+
+def test_save_load_gives_same_results(learned, sequence, tmp_path):
+    engine, result, _ = learned
+    path = tmp_path / "map.agrl"
+    engine.map.save(path)
+    loaded = Engine({"device": "cpu"}, KeyframeMap.load(path))
+    queries = [ev for ev in events_from_sequence(sequence) if isinstance(ev, QueryEvent)][:4]
+    for ev in queries:
+        a = engine.relocalize(ev.stamp, ev.image, ev.K, ev.keypoints)
+        b = loaded.relocalize(ev.stamp, ev.image, ev.K, ev.keypoints)
+        assert a.success == b.success and a.reason == b.reason
+        if a.success:
+            assert np.allclose(a.T_map_cam, b.T_map_cam, atol=1e-6)
+
+
+def test_truncated_map_is_a_clear_error_and_previous_map_untouched(learned, tmp_path):
+    engine, _, _ = learned
+    good, bad = tmp_path / "good.agrl", tmp_path / "bad.agrl"
+    engine.map.save(good)
+    before = good.read_bytes()
+    bad.write_bytes(before[: len(before) // 2])
+    with pytest.raises(MapFormatError, match="bad.agrl"):
+        KeyframeMap.load(bad)
+    assert good.read_bytes() == before
+    assert len(KeyframeMap.load(good)) == len(engine.map)
+
+
+def test_malformed_keyframes_rejected_with_reason(sequence):
+    engine = Engine({"device": "cpu"})
+    kf = next(ev for ev in events_from_sequence(sequence) if isinstance(ev, KeyframeEvent))
+    nan_pose = kf.T_map_cam.copy()
+    nan_pose[0, 3] = np.nan
+    events = [
+        KeyframeEvent(kf.stamp, kf.image, Keypoints(np.zeros((0, 2))), kf.T_map_cam, kf.K),
+        KeyframeEvent(kf.stamp, kf.image, kf.keypoints, nan_pose, kf.K),
+        KeyframeEvent(kf.stamp, kf.image, kf.keypoints, kf.T_map_cam, kf.K, kf.map_points[:10]),
+        kf,
+    ]
+    result = run(engine, events, progress=False)
+    reasons = [r for _, r in result.rejected]
+    assert len(reasons) == 3 and len(engine.map) == 1
+    assert "no keypoints" in reasons[0]
+    assert "pose" in reasons[1]
+    assert "map_points" in reasons[2]
+
+
+def test_relocalization_on_empty_map_says_why(sequence):
+    engine = Engine({"device": "cpu"})
+    q = next(ev for ev in events_from_sequence(sequence) if isinstance(ev, QueryEvent))
+    r = engine.relocalize(q.stamp, q.image, q.K, q.keypoints)
+    assert not r.success and "no candidate" in r.reason
+
+
+def test_pose_graph_with_accepted_loops_reduces_drift(learned, sequence):
+    from agnostic_reloc.posegraph import ate_rpe, optimize_pose_graph
+
+    engine, result, _ = learned
+    order = sorted(result.keyframes, key=lambda k: result.keyframes[k][0])
+    poses = {k: result.keyframes[k][1] for k in order}
+    loops = [(lc.query_id, lc.match_id, lc.T_match_query, lc.covariance) for lc in result.loops]
+    corrected = optimize_pose_graph(poses, order, loops)
+    gt = {result.keyframes[k][0]: sequence.gt_pose(result.keyframes[k][0]) for k in order}
+    before = ate_rpe(gt, {result.keyframes[k][0]: poses[k] for k in order})["ate_rmse"]
+    after = ate_rpe(gt, {result.keyframes[k][0]: corrected[k] for k in order})["ate_rmse"]
+    print(f"ATE before {before:.3f} m, after {after:.3f} m")
+    assert after < before
