@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .features.keypoints import Keypoints
-from .geometry import estimate_essential, estimate_pnp, invert_T
+from .geometry import estimate_essential, estimate_pnp, invert_T, rotation_angle_deg
 from .keyframe import Keyframe
 from .mapstore import KeyframeMap
 from .matching.nn import match_hamming
@@ -116,10 +116,6 @@ class Detection:
     ratio: float
     metric: bool
     correction: np.ndarray  # 4x4
-
-
-def rotation_angle_deg(R: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(R[:3, :3]) - 1) / 2, -1.0, 1.0))))
 
 
 def check_conf(conf: dict) -> dict:

@@ -64,6 +64,12 @@ def invert_T(T: np.ndarray) -> np.ndarray:
     return T_from_Rt(R.T, -R.T @ t)
 
 
+def rotation_angle_deg(R: np.ndarray) -> float:
+    """Rotation angle (deg) of a 3x3 rotation (or the rotation block of a 4x4 transform)."""
+    R = np.asarray(R, np.float64)[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
+
+
 def skew(v: np.ndarray) -> np.ndarray:
     """[... x 3] -> [... x 3 x 3] cross-product matrices."""
     v = np.asarray(v, np.float64)

@@ -27,6 +27,7 @@ from scipy.spatial.transform import Rotation
 
 from agnostic_reloc.features.detectors import detect
 from agnostic_reloc.features.keypoints import Keypoints
+from agnostic_reloc.geometry import rotation_angle_deg
 from agnostic_reloc.image import load_image
 from agnostic_reloc.world.render import default_K, render
 from agnostic_reloc.world import scene as scene_mod
@@ -119,11 +120,6 @@ class Sequence:
         return Keyframe(id=frame.index if id is None else int(id), stamp=frame.stamp, keypoints=frame.keypoints,
                         T_map_cam=frame.T_map_cam.copy(), K=self.K.copy(), image_size=self.image_size,
                         map_points=frame.map_points, map_point_ids=frame.map_point_ids)
-
-
-def rotation_angle_deg(R: np.ndarray) -> float:
-    """Rotation angle (deg) of a 3x3 rotation matrix."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
 
 
 def gt_revisits(seq: Sequence, max_dist: float = 1.0, max_angle_deg: float = 20.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from agnostic_reloc.features.keypoints import Keypoints
+from agnostic_reloc.geometry import so3_exp
 from agnostic_reloc.world.scene import Scene, merge_conf
 
 default_conf = {
@@ -32,16 +33,6 @@ default_conf = {
     "outlier_ratio": 0.0,  # fraction of map points replaced by random points in the room (gross outliers)
     "id_cell": 0.02,  # texture cell size for map-point ids (m)
 }
-
-
-def so3_exp(w: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3 x 3] of a rotation vector w [3] (rad)."""
-    th = float(np.linalg.norm(w))
-    if th < 1e-12:
-        return np.eye(3)
-    k = np.asarray(w, np.float64) / th
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(th) * Kx + (1 - np.cos(th)) * Kx @ Kx
 
 
 def drift_transforms(T_world_cam: np.ndarray, tracked: np.ndarray, seed: int, conf: dict | None = None) -> np.ndarray:
