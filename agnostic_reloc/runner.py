@@ -89,7 +89,7 @@ def run(engine: Engine, events: Iterable[KeyframeEvent | QueryEvent], progress: 
     return result
 
 
-def evaluate(result: RunResult, gt: dict[float, np.ndarray], kf_map, conf: dict | None = None) -> dict:
+def evaluate(result: RunResult, gt: dict[float, np.ndarray], conf: dict | None = None) -> dict:
     """Loop and relocalization metrics against ground truth poses (stamp -> T_world_cam).
 
     Relocalization poses live in the drifting SLAM map frame; each is compared in the local map

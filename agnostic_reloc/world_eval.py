@@ -50,7 +50,7 @@ def evaluate_modes(sequence, modes: dict[str, dict] | None = None, engine_conf: 
     for name, mode_conf in modes.items():
         engine = Engine({**(engine_conf or {}), **mode_conf})
         result = run(engine, events, progress=progress, total=len(events))
-        m = evaluate(result, gt, engine.map)
+        m = evaluate(result, gt)
         loops, reloc = m["loops"], m["relocalization"]
         report[name] = {
             "loop_precision": loops["precision"], "loop_recall": loops["recall"],

@@ -112,6 +112,10 @@ def test_matcher_rejects_bad_features(graf_features):
         m.match(f0, [{**f1, "keypoints": bad}])
     with pytest.raises(ValueError, match="lack 'image_size'"):
         m.match({k: v for k, v in f0.items() if k != "image_size"}, [f1])
+    with pytest.raises(ValueError, match="outside the 640x480 image"):
+        far = f1["keypoints"].copy()
+        far[0] = (700.0, 10.0)
+        m.match(f0, [{**f1, "keypoints": far}])
     assert m.match(f0, []) == []
 
 

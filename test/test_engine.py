@@ -27,7 +27,7 @@ def learned(sequence):
     engine = Engine({"device": "cpu"})
     result = run(engine, list(events_from_sequence(sequence)), progress=False)
     gt = {f.stamp: f.T_world_cam for f in sequence.frames}
-    metrics = evaluate(result, gt, engine.map)
+    metrics = evaluate(result, gt)
     print("loops", {k: metrics["loops"][k] for k in ("precision", "recall", "n_loops", "n_false")},
           "reloc", metrics["relocalization"].get("success_at"))
     return engine, result, metrics
@@ -105,6 +105,10 @@ def test_relocalization_on_empty_map_says_why(sequence):
     q = next(ev for ev in events_from_sequence(sequence) if isinstance(ev, QueryEvent))
     r = engine.relocalize(q.stamp, q.image, q.K, q.keypoints)
     assert not r.success and "no candidate" in r.reason
+    r = engine.relocalize(q.stamp, q.image, q.K, Keypoints(np.zeros((0, 2))))
+    assert not r.success and "no keypoints" in r.reason
+    with pytest.raises(ValueError, match="unknown engine options"):
+        Engine({"device": "cpu", "num_candiates": 3})
 
 
 def test_pose_graph_with_accepted_loops_reduces_drift(learned, sequence):

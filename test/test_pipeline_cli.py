@@ -116,3 +116,15 @@ def test_cli_errors_are_one_line(tmp_path, graf, args, message):
 def test_cli_unknown_detector_is_rejected(tmp_path):
     proc = run_cli("match", "a.png", "b.png", "--detector", "surf", "--json", str(tmp_path / "o.json"), check=False)
     assert proc.returncode != 0 and "invalid choice: 'surf'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("conf, message", [
+    ({"detector": "surf"}, "unknown detector 'surf'"),
+    ({"suppression": "grid"}, "unknown suppression 'grid'"),
+    ({"matcher": "brute"}, "unknown matcher 'brute'"),
+    ({"max_keypoints": 0}, "max_keypoints must be positive"),
+    ({"colour": "red"}, "unknown pipeline options"),
+])
+def test_pipeline_rejects_bad_configuration(conf, message):
+    with pytest.raises(ValueError, match=message):
+        PairPipeline(device="cpu", **conf)
