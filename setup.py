@@ -25,6 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "agnostic-reloc = agnostic_reloc.cli:main",
+            "reloc_node = agnostic_reloc.ros.node:main",
         ],
     },
 )

@@ -52,5 +52,9 @@ if [ "${AGNOSTIC_RELOC_ROS:-1}" = "1" ]; then
 fi
 echo "== installing agnostic_reloc"
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
+# launch_ros finds packages via the ament index and executables under lib/<pkg>/: put both into .venv
+.venv/bin/python -m agnostic_reloc.ament_install --prefix .venv >/dev/null
+grep -q "AMENT_PREFIX_PATH" .venv/bin/activate \
+  || echo 'export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"' >> .venv/bin/activate
 .venv/bin/python -c "import agnostic_reloc.weights as w; [w.official_path(n) for n in w.OFFICIAL]; print('weights verified')"
 echo "== done: run the tests with  .venv/bin/python -m pytest"

@@ -145,6 +145,7 @@ class Engine:
         self.index = RetrievalIndex()
         self.lock = threading.RLock()
         self._path_length: dict[int, float] = {}  # cumulative SLAM path length at each keyframe
+        self._stamp_of: dict[int, float] = {}  # keyframe stamps (loops never look forward in time)
         self._last_kf: Keyframe | None = None
         self._pending: deque[Detection] = deque()  # verified detections awaiting consistency
         self._accepted: deque[Detection] = deque()  # recent accepted detections (a group continues)
@@ -162,9 +163,27 @@ class Engine:
             kf = self.map.get(kf_id)
             step = 0.0 if last is None else float(np.linalg.norm(kf.position - last.position))
             self._path_length[kf_id] = (self._path_length.get(last.id, 0.0) if last else 0.0) + step
+            self._stamp_of[kf_id] = kf.stamp
             last = kf
         self._last_kf = last
         self._next_id = max(self.map.ids()) + 1
+
+    def reset(self) -> None:
+        """Forget every keyframe and pending detection (the map file on disk is untouched)."""
+        with self.lock:
+            self.map.clear()
+            self.index = RetrievalIndex()
+            self._path_length.clear()
+            self._stamp_of.clear()
+            self._last_kf = None
+            self._pending.clear()
+            self._accepted.clear()
+            self._next_id = 0
+
+    def save_map(self, path: str) -> None:
+        """Write the keyframe map atomically (a crash mid-save leaves the previous file intact)."""
+        with self.lock:
+            self.map.save(path)
 
     def _tick(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
@@ -214,6 +233,7 @@ class Engine:
             last = self._last_kf
             step = 0.0 if last is None else float(np.linalg.norm(kf.position - last.position))
             self._path_length[kf.id] = (self._path_length.get(last.id, 0.0) if last else 0.0) + step
+            self._stamp_of[kf.id] = kf.stamp
             self._last_kf = kf
 
     def process_keyframe(self, stamp: float, image: np.ndarray, keypoints: Keypoints, T_map_cam: np.ndarray,
@@ -227,7 +247,11 @@ class Engine:
     # ---------------------------------------------------------------- matching + geometry
     def _candidates(self, kf: Keyframe, exclude_recent: bool) -> list[int]:
         window = self.conf["temporal_window_s"] if exclude_recent else 0.0
-        hits = self.index.search(kf.global_desc, self.conf["num_candidates"], exclude={kf.id},
+        exclude: set[int] | object = {kf.id}
+        if exclude_recent:  # loops look only backwards in time, so a lagging verifier finds what a prompt one does
+            stamps, q_stamp = self._stamp_of, kf.stamp
+            exclude = lambda i: i == kf.id or stamps.get(i, -np.inf) > q_stamp  # noqa: E731
+        hits = self.index.search(kf.global_desc, self.conf["num_candidates"], exclude=exclude,
                                  stamp=kf.stamp, window=window)
         return [cid for cid, _ in hits]
 

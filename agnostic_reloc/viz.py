@@ -24,12 +24,23 @@ def _colormap(name: str):
 def draw_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray,
                  matches: np.ndarray, scores: np.ndarray | None, path: str | os.PathLike, title: str = "",
                  cmap: str = "turbo") -> Path:
-    """Write a PNG of image0 | image1 (top-aligned, white padding) with match lines coloured by score.
+    """Write `render_matches(...)` as a PNG to `path`; returns the path."""
+    bgr = cv2.cvtColor(render_matches(image0, image1, kpts0, kpts1, matches, scores, title, cmap), cv2.COLOR_RGB2BGR)
+    path = Path(path)
+    if path.parent and not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), bgr):
+        raise ValueError(f"could not write {path} (is the suffix .png?)")
+    return path
+
+
+def render_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray,
+                   matches: np.ndarray, scores: np.ndarray | None, title: str = "", cmap: str = "turbo") -> np.ndarray:
+    """RGB uint8 image of image0 | image1 (top-aligned, white padding) with match lines coloured by score.
 
     kpts0 [N0 x 2], kpts1 [N1 x 2] (x, y) px in their own image; matches [M x 2] int indices; scores [M]
     (None = all 1). Colour scale is [0, 1] when the scores lie in it, else [min, max]; best matches are drawn
     on top. Output size: (GAP + W0 + W1) wide, max(H0, H1) + BAR_HEIGHT (+ TITLE_HEIGHT if title) high.
-    Returns the path.
     """
     im0, im1 = check_image(image0), check_image(image1)
     kpts0 = np.asarray(kpts0, dtype=np.float64).reshape(-1, 2)
@@ -87,13 +98,7 @@ def draw_matches(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts
                 (0, 0, 0), 1, cv2.LINE_AA)
     if title:
         cv2.putText(bgr, title, (6, 20), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-
-    path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), bgr):
-        raise ValueError(f"could not write {path} (is the suffix .png?)")
-    return path
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def plot_bars(table: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "",

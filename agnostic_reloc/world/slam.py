@@ -154,9 +154,10 @@ def map_points_for_keyframe(scene: Scene, keypoints: Keypoints, depth: np.ndarra
     for i in np.flatnonzero(valid):
         pl = scene.planes[int(pid[i])]
         wm, hm = pl.size_m
-        qs = int(np.clip(np.floor(st[i, 0] * wm / c["id_cell"]), 0, 2**20 - 1))
-        qt = int(np.clip(np.floor(st[i, 1] * hm / c["id_cell"]), 0, 2**20 - 1))
-        ids[i] = (int(pid[i]) << 40) | (qs << 20) | qt
+        # packed into 31 bits (the contract's map_id is int32): 7 bits plane, 12 bits per cell axis
+        qs = int(np.clip(np.floor(st[i, 0] * wm / c["id_cell"]), 0, 2**12 - 1))
+        qt = int(np.clip(np.floor(st[i, 1] * hm / c["id_cell"]), 0, 2**12 - 1))
+        ids[i] = ((int(pid[i]) % 128) << 24) | (qs << 12) | qt
     vi = np.flatnonzero(valid)
     _, first = np.unique(ids[vi], return_index=True)
     dup = np.setdiff1d(np.arange(len(vi)), first)

@@ -1,0 +1,95 @@
+"""rclpy message objects <-> the contract's plain types (`contract.Cloud`, `contract.ImageData`, 4x4 poses).
+
+All decoding and validation lives in `agnostic_reloc.contract`; these functions only copy fields.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from ..camera import CameraModel
+from ..contract import Cloud, CloudField, ImageData, T_to_pose, covariance_to_ros, pose_to_T, split_stamp, stamp_ns
+
+
+def make_header(stamp_ns_: int, frame_id: str) -> Header:
+    sec, nsec = split_stamp(stamp_ns_)
+    return Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id)
+
+
+def header_ns(header: Header) -> int:
+    return stamp_ns(header.stamp.sec, header.stamp.nanosec)
+
+
+def msg_to_cloud(msg: PointCloud2) -> Cloud:
+    fields = [CloudField(f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields]
+    return Cloud(fields, int(msg.point_step), int(msg.width), int(msg.height), bytes(msg.data),
+                 bool(msg.is_bigendian), int(msg.row_step), bool(msg.is_dense))
+
+
+def cloud_to_msg(cloud: Cloud, header: Header) -> PointCloud2:
+    msg = PointCloud2(header=header, height=cloud.height, width=cloud.width, is_bigendian=cloud.is_bigendian,
+                      point_step=cloud.point_step, row_step=cloud.row_step, is_dense=cloud.is_dense)
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in cloud.fields]
+    msg.data = cloud.data
+    return msg
+
+
+def msg_to_image(msg: Image) -> ImageData:
+    return ImageData(msg.encoding, int(msg.height), int(msg.width), int(msg.step), bytes(msg.data),
+                     bool(msg.is_bigendian))
+
+
+def image_to_msg(image: ImageData, header: Header) -> Image:
+    msg = Image(header=header, height=image.height, width=image.width, encoding=image.encoding,
+                is_bigendian=int(image.is_bigendian), step=image.step)
+    msg.data = image.data
+    return msg
+
+
+def pose_msg_to_T(pose: Pose) -> np.ndarray:
+    """geometry_msgs/Pose -> 4x4 (ContractError for NaN or a non-unit quaternion)."""
+    p, q = pose.position, pose.orientation
+    return pose_to_T((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+
+
+def fill_pose(pose: Pose, T: np.ndarray) -> Pose:
+    t, q = T_to_pose(T)
+    pose.position.x, pose.position.y, pose.position.z = map(float, t)
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = map(float, q)
+    return pose
+
+
+def pose_stamped(T: np.ndarray, stamp_ns_: int, frame_id: str) -> PoseStamped:
+    msg = PoseStamped(header=make_header(stamp_ns_, frame_id))
+    fill_pose(msg.pose, T)
+    return msg
+
+
+def pose_with_covariance(T: np.ndarray, covariance: np.ndarray | None, header: Header) -> PoseWithCovarianceStamped:
+    """Pose + engine covariance ([rx ry rz tx ty tz]) -> PoseWithCovarianceStamped (ROS order x y z rx ry rz)."""
+    msg = PoseWithCovarianceStamped(header=header)
+    fill_pose(msg.pose.pose, T)
+    msg.pose.covariance = covariance_to_ros(covariance)
+    return msg
+
+
+def msg_to_camera(msg: CameraInfo) -> CameraModel:
+    return CameraModel.from_camera_info(list(msg.k), list(msg.d), msg.distortion_model, int(msg.width),
+                                        int(msg.height))
+
+
+def camera_info_msg(camera: CameraModel, stamp_ns_: int, frame_id: str) -> CameraInfo:
+    msg = CameraInfo(header=make_header(stamp_ns_, frame_id), width=camera.width, height=camera.height,
+                     distortion_model=camera.model if camera.model not in ("none", "") else "plumb_bob")
+    msg.k = [float(v) for v in np.asarray(camera.K).reshape(-1)]
+    d = np.zeros(5) if camera.model in ("none", "") else np.asarray(camera.D, np.float64)
+    msg.d = [float(v) for v in d]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:3, :3] = camera.K
+    msg.p = [float(v) for v in P.reshape(-1)]
+    return msg
