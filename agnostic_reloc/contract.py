@@ -289,8 +289,9 @@ def decode_image(msg: ImageData) -> np.ndarray:
         raise ContractError(f"image data has {len(msg.data)} bytes, expected height x step = {h * msg.step}")
     rows = np.frombuffer(msg.data, np.uint8, h * msg.step).reshape(h, msg.step)[:, : w * ch * item]
     img = np.ascontiguousarray(rows).view((">" if msg.is_bigendian else "<") + dt).reshape(h, w, ch)
-    if item == 2:
-        img = (img.astype(np.uint16) >> 8).astype(np.uint8)
+    if item == 2:  # 10/12/16-bit data in 16-bit words: scale by the bit depth the data uses
+        bits = max(8, int(img.max()).bit_length())
+        img = (img.astype(np.uint32) >> (bits - 8)).astype(np.uint8)
     if ch == 1:
         return np.repeat(img, 3, axis=2)
     if enc.startswith("bgr"):
@@ -385,7 +386,10 @@ class TrackingState:
 
     @classmethod
     def parse(cls, text: str) -> "TrackingState":
+        """A state name, or ORB-SLAM3's integer eTrackingState (-1 SYSTEM_NOT_READY ... 5 OK_KLT)."""
         name = text.strip().upper()
+        if name.lstrip("-").isdigit() and -1 <= int(name) <= 5:
+            name = TRACKING_STATES[int(name) + 1]
         return cls(name, name not in TRACKING_STATES)
 
     @property

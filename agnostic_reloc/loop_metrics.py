@@ -126,9 +126,10 @@ def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray],
                    conf: dict | None = None) -> dict:
     """Precision / recall of detected loops against GT keyframe poses (T_world_cam) and stamps (s).
 
-    A loop is TRUE when match_id is a loose revisit of query_id (revisit_dist / revisit_angle_deg /
-    min_time_gap) and its T_match_query agrees with inv(T_world_match) @ T_world_query (loop_pose_ok;
-    per-loop "scale_free" flag). Precision = TRUE / all loops (nan without loops); recall = revisit queries
+    A loop is TRUE when its T_match_query agrees with inv(T_world_match) @ T_world_query (loop_pose_ok;
+    per-loop "scale_free" flag): a metric loop with the right relative pose is a correct constraint at any
+    distance; a scale-free loop must also join a loose revisit (revisit_dist / revisit_angle_deg /
+    min_time_gap), since its direction-only check is weak. Precision = TRUE / all loops (nan without loops); recall = revisit queries
     (strict recall_dist / recall_angle_deg) with at least one TRUE loop / revisit queries (nan without any).
     Returns precision, recall, recall_at_100p, n_loops, n_true, n_false, n_skipped, n_revisit_queries,
     flags (list of bool, None for a skipped loop), and the curve (thresholds, curve_precision, curve_recall).
@@ -147,6 +148,7 @@ def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray],
     revisit_queries = {q for q, ms in strict.items() if ms}
 
     flags: list[bool | None] = []
+    false_details: list[dict] = []  # why each false loop is false (GT geometry of the pair, pose error)
     for n, lp in enumerate(loops):
         try:
             q, m, T_est = int(lp["query_id"]), int(lp["match_id"]), lp["T_match_query"]
@@ -157,11 +159,23 @@ def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray],
                 raise ValueError(f"loop {n} ({q} -> {m}) refers to a keyframe without GT pose or stamp")
             flags.append(None)
             continue
-        if m not in loose[q] or T_est is None:
-            flags.append(False)
-            continue
         T_gt = invert_T(_check_T(gt_poses[m], f"gt_poses[{m}]")) @ _check_T(gt_poses[q], f"gt_poses[{q}]")
-        flags.append(loop_pose_ok(T_est, T_gt, bool(lp.get("scale_free", False)), c))
+        scale_free = bool(lp.get("scale_free", False))
+        # a metric loop whose relative pose is right is a correct constraint however far apart the views are;
+        # a scale-free one (direction only) must also join a loose revisit
+        ok = T_est is not None and loop_pose_ok(T_est, T_gt, scale_free, c) and (not scale_free or m in loose[q])
+        flags.append(ok)
+        if not ok:
+            Zq, Zm = gt_poses[q][:3, 2], gt_poses[m][:3, 2]
+            cos = float(Zq @ Zm / (np.linalg.norm(Zq) * np.linalg.norm(Zm)))
+            d = {"query_id": q, "match_id": m, "gt_dist_m": float(np.linalg.norm(T_gt[:3, 3])),
+                 "gt_angle_deg": math.degrees(math.acos(min(1.0, max(-1.0, cos)))),
+                 "reason": "pose error" if T_est is None or not loop_pose_ok(T_est, T_gt, scale_free, c)
+                 else "not a revisit"}
+            if T_est is not None:
+                rot, _ = relative_pose_error(T_est, T_gt)
+                d.update(rot_err_deg=float(rot), trans_err_m=float(np.linalg.norm(np.asarray(T_est)[:3, 3] - T_gt[:3, 3])))
+            false_details.append(d)
 
     kept = [i for i, f in enumerate(flags) if f is not None]
     kept_loops, kept_flags = [loops[i] for i in kept], [bool(flags[i]) for i in kept]
@@ -181,6 +195,7 @@ def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray],
         "n_skipped": len(loops) - len(kept),
         "n_revisit_queries": len(revisit_queries),
         "flags": flags,
+        "false_details": false_details,
         "thresholds": curve["thresholds"],
         "curve_precision": curve["precision"],
         "curve_recall": curve["recall"],

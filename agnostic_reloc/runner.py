@@ -106,7 +106,7 @@ def evaluate(result: RunResult, gt: dict[float, np.ndarray], conf: dict | None =
     recs, T_map_world = [], {}
     for r in result.relocalizations:
         recs.append({"stamp": r.stamp, "T_map_cam": r.T_map_cam if r.success else None, "reason": r.reason})
-        if r.success and r.matched_keyframes:
+        if r.success and r.matched_keyframes and r.matched_keyframes[0] in gt_kf:
             kid = r.matched_keyframes[0]
             T_map_world[r.stamp] = result.keyframes[kid][1] @ invert_T(gt_kf[kid])
     queries = {r.stamp: gt[r.stamp] for r in result.relocalizations if r.stamp in gt}

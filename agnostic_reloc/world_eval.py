@@ -23,17 +23,25 @@ logger = logging.getLogger(__name__)
 MODES = {"learned": {"matcher": "lightglue"}, "classic": {"matcher": "nn"}}
 
 
-def pose_graph_ate(result, sequence) -> dict:
-    """ATE (evo, SE3 alignment) of the SLAM keyframe poses before and after adding the accepted loops."""
+def pose_graph_ate(result, gt) -> dict:
+    """ATE (evo, SE3 alignment) of the SLAM keyframe poses before and after adding the accepted loops.
+
+    gt: a world Sequence, or a mapping stamp (s) -> T_world_cam; keyframes whose stamp it lacks are left out.
+    """
     from .posegraph import ate_rpe, optimize_pose_graph
 
-    order = sorted(result.keyframes, key=lambda k: result.keyframes[k][0])
+    if hasattr(gt, "gt_pose"):
+        gt = {s: gt.gt_pose(s) for s, _ in result.keyframes.values()}
+    order = sorted((k for k in result.keyframes if result.keyframes[k][0] in gt),
+                   key=lambda k: result.keyframes[k][0])
     if len(order) < 3:
         return {}
     poses = {k: result.keyframes[k][1] for k in order}
-    loops = [(lc.query_id, lc.match_id, lc.T_match_query, lc.covariance) for lc in result.loops if lc.metric]
+    kept = set(order)
+    loops = [(lc.query_id, lc.match_id, lc.T_match_query, lc.covariance) for lc in result.loops
+             if lc.metric and lc.query_id in kept and lc.match_id in kept]
     corrected = optimize_pose_graph(poses, order, loops) if loops else poses
-    gt = {result.keyframes[k][0]: sequence.gt_pose(result.keyframes[k][0]) for k in order}
+    gt = {result.keyframes[k][0]: gt[result.keyframes[k][0]] for k in order}
     before = ate_rpe(gt, {result.keyframes[k][0]: poses[k] for k in order})
     after = ate_rpe(gt, {result.keyframes[k][0]: corrected[k] for k in order})
     return {"ate_before_m": before["ate_rmse"], "ate_after_m": after["ate_rmse"],
@@ -56,6 +64,7 @@ def evaluate_modes(sequence, modes: dict[str, dict] | None = None, engine_conf: 
             "loop_precision": loops["precision"], "loop_recall": loops["recall"],
             "loop_recall_at_100p": loops["recall_at_100p"], "loops": loops["n_loops"],
             "false_loops": loops["n_false"], "revisit_queries": loops["n_revisit_queries"],
+            "false_loop_details": loops["false_details"],
             "reloc_success": reloc.get("success_at", {}), "reloc_queries": reloc.get("n_queries", 0),
             "reloc_fail_reasons": reloc.get("fail_reasons", {}),
             **pose_graph_ate(result, sequence),

@@ -107,6 +107,10 @@ def test_every_contract_encoding_decodes_to_rgb(photo, encoding):
     expect = np.repeat(gray[..., None], 3, 2) if encoding.startswith("mono") else photo
     assert out.shape == photo.shape and np.array_equal(out, expect)
     assert np.array_equal(decode_image(encode_image(photo, "bgr8")), photo)
+    if encoding == "mono16":  # 12-bit camera data in 16-bit words keeps its contrast
+        g12 = np.ascontiguousarray(gray.astype(np.uint16) << 4)
+        out12 = decode_image(ImageData("mono16", *g12.shape, g12.strides[0], g12.tobytes()))
+        assert np.abs(out12[..., 0].astype(int) - gray).max() <= 1
 
 
 def test_bad_images_name_the_problem(photo):
@@ -139,6 +143,7 @@ def test_pose_and_covariance_conventions():
         parse_keyframe_frame_id("map")
     assert not TrackingState.parse("LOST").tracking and TrackingState.parse("ok").tracking
     assert TrackingState.parse("WEIRD").unknown
+    assert TrackingState.parse("2").name == "OK" and TrackingState.parse("4").name == "LOST"  # integer states
 
 
 def test_camera_rectification_matches_opencv(photo, orb):

@@ -148,7 +148,8 @@ def test_evaluate_loops():
     R20 = T_from_Rt(so3_exp([0, math.radians(20), 0]), [0, 0, 0])
     loops = [
         {"query_id": 40, "match_id": 0, "T_match_query": rel(0, 40), "score": 0.9},  # correct
-        {"query_id": 41, "match_id": 25, "T_match_query": rel(25, 41), "score": 0.8},  # far keyframe
+        {"query_id": 41, "match_id": 25, "T_match_query": rel(25, 41) @ T_from_Rt(np.eye(3), [1.0, 0, 0]),
+         "score": 0.8},  # far keyframe, wrong pose
         {"query_id": 42, "match_id": 2, "T_match_query": rel(2, 42) @ R20, "score": 0.7},  # right place, 20 deg
         {"query_id": 43, "match_id": 3, "T_match_query": np.block([[rel(3, 43)[:3, :3], 3 * rel(3, 43)[:3, 3:]],
                                                                    [np.array([[0, 0, 0, 1.0]])]]),
@@ -156,6 +157,13 @@ def test_evaluate_loops():
     ]
     r = evaluate_loops(loops, gt, STAMPS)
     assert r["flags"] == [True, False, False, True]
+    assert [d["reason"] for d in r["false_details"]] == ["pose error", "pose error"]
+    # a metric loop with the right relative pose is a correct constraint even between distant keyframes
+    far = evaluate_loops([{"query_id": 41, "match_id": 25, "T_match_query": rel(25, 41), "score": 1.0}], gt, STAMPS)
+    assert far["flags"] == [True]
+    far_sf = evaluate_loops([{"query_id": 41, "match_id": 25, "T_match_query": rel(25, 41), "score": 1.0,
+                              "scale_free": True}], gt, STAMPS)  # direction-only: must also be a revisit
+    assert far_sf["flags"] == [False] and far_sf["false_details"][0]["reason"] == "not a revisit"
     assert (r["n_loops"], r["n_true"], r["n_false"]) == (4, 2, 2)
     assert r["precision"] == pytest.approx(0.5)
     # strict revisits (1 m / 30 deg, 10 s): 40..43 each have at least one; 40 and 43 were found

@@ -73,7 +73,6 @@ class RelocNode(Node):
         self._thumbs: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()  # kf id -> (jpeg, scale)
         self._edges: list[tuple[int, int]] = []
         self._edge_lock = threading.Lock()
-        self._last_frame: tuple | None = None  # last frame set seen while tracking
         self._await_camera: deque = deque(maxlen=int(self.p["sync_queue_size"]))
 
         conf = engine_conf({k: v for k, v in self.p.items() if k.startswith("engine.")})
@@ -216,14 +215,10 @@ class RelocNode(Node):
             self._on_keyframe_set(*self._await_camera.popleft())
 
     def _on_state(self, msg: String) -> None:
-        was_tracking = self.assembler.state.tracking
+        # the state String has no stamp: a frame arriving just before the state that lost tracking is not a query
         st = self.assembler.set_tracking_state(msg.data)
         if st.unknown:
             self._reject("tracking_state", f"unknown tracking state '{msg.data}' (treated as not tracking)")
-        last, self._last_frame = self._last_frame, None
-        if was_tracking and not st.tracking and last is not None:
-            # the state String has no stamp: the frame that lost tracking may have arrived just before it
-            self._on_frame_set(*last)
 
     def _on_keyframe_set(self, cloud_msg: PointCloud2, pose_msg: PoseStamped, image_msg: Image) -> None:
         if self.assembler.camera is None:
@@ -247,7 +242,6 @@ class RelocNode(Node):
 
     def _on_frame_set(self, cloud_msg: PointCloud2, image_msg: Image) -> None:
         if self.assembler.state.tracking:
-            self._last_frame = (cloud_msg, image_msg)
             return
         self._query(cv.header_ns(cloud_msg.header), image_msg, cloud_msg)
 
