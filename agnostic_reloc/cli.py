@@ -110,6 +110,105 @@ def cmd_world_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bag_error(args: argparse.Namespace, exc: Exception) -> int:
+    """A bag that cannot be used: one line, exit code 2."""
+    if args.verbose:
+        raise exc
+    print(f"agnostic-reloc {args.command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _add_replay(sub) -> None:
+    p = sub.add_parser("replay", help="replay a rosbag2 bag (sqlite3 or mcap) through the engine: results.json, "
+                                      "and with ground truth metrics, plots and report.md")
+    p.add_argument("bag", help="bag folder (or a single .db3 / .mcap file)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", default=None, help="the node's ROS parameter file, e.g. config/reloc.yaml "
+                                                  "(default: engine defaults)")
+    p.add_argument("--gt", default=None, help="ground truth as TUM file (stamp tx ty tz qx qy qz qw, T_world_cam); "
+                                              "default: the bag's /ground_truth/pose")
+    p.add_argument("--remap", nargs="+", action="extend", default=[], metavar="FROM:=TO",
+                   help="read contract topic FROM (or its role name, e.g. image) from bag topic TO")
+    p.add_argument("--realtime", action="store_true", help="pace the replay by the bag's log times")
+    p.add_argument("--matcher", default=None, choices=("lightglue", "nn"), help="override engine.matcher")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="override engine.device")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .bagio import BagError
+    from .replay import load_node_config, parse_remaps, replay
+    from .report import metrics_table
+
+    engine_conf, replay_conf = load_node_config(args.config) if args.config else ({}, {})
+    for key in ("matcher", "device"):
+        if getattr(args, key):
+            engine_conf[key] = getattr(args, key)
+    try:
+        rep = replay(args.bag, args.out, engine_conf, args.gt, parse_remaps(args.remap), args.realtime,
+                     conf=replay_conf)
+    except BagError as exc:
+        return _bag_error(args, exc)
+    res = rep.results
+    print(metrics_table({res["config"]["engine"]["matcher"]: res}))
+    if res.get("metrics_skipped"):
+        print(f"metrics skipped: {res['metrics_skipped']}")
+    print(f"wrote {Path(args.out) / 'results.json'}" + ("" if res.get("metrics_skipped") else
+                                                          f", report.md and plots in {args.out}"))
+    return 0
+
+
+def _add_make_bag(sub) -> None:
+    p = sub.add_parser("make-bag", help="write a ground-truth world sequence as a rosbag2 bag (the message contract)")
+    p.add_argument("out", help="new bag folder (an existing path is never overwritten)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="number of frames (default: the profile's)")
+    p.add_argument("--profile", default="mixed", choices=("loop", "kidnap", "mixed"))
+    p.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"))
+    p.add_argument("--no-depth", action="store_true", help="leave out the depth images")
+    p.add_argument("--small", action="store_true", help="the demo's world: 320x240, sparser keyframes")
+    p.set_defaults(func=cmd_make_bag)
+
+
+def cmd_make_bag(args: argparse.Namespace) -> int:
+    from .bagio import BagError, make_bag
+
+    try:
+        info = make_bag(args.out, args.seed, args.frames, args.profile, args.storage, not args.no_depth, args.small)
+    except BagError as exc:
+        return _bag_error(args, exc)
+    print(f"wrote {args.out} ({info['storage']}): {info['frames']} frames, {info['keyframes']} keyframes, "
+          f"{info['queries']} lost frames, {info['messages']} messages")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job without ROS: make a world bag, replay it with the learned and "
+                                    "the classic matcher, print the metrics side by side, write report.md")
+    p.add_argument("--out", default="demo_out", help="output folder (its bag/ is replaced)")
+    p.add_argument("--frames", type=int, default=None, help="number of frames (default: the mixed profile's, 215)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .bagio import BagError
+    from .replay import run_demo
+    from .report import metrics_table
+
+    t0 = time.perf_counter()
+    try:
+        runs = run_demo(args.out, args.frames, args.seed, device=args.device)
+    except BagError as exc:
+        return _bag_error(args, exc)
+    print(metrics_table(runs))
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agnostic-reloc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -117,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_match(sub)
     _add_bench(sub)
     _add_world_eval(sub)
+    _add_replay(sub)
+    _add_make_bag(sub)
+    _add_demo(sub)
     from .train.cli import add_evaluate_parser, add_train_parser
 
     add_train_parser(sub)
