@@ -26,6 +26,7 @@ setup(
         "console_scripts": [
             "agnostic-reloc = agnostic_reloc.cli:main",
             "reloc_node = agnostic_reloc.ros.node:main",
+            "orbslam3_bridge = agnostic_reloc.ros.orbslam3_node:main",
         ],
     },
 )

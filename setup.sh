@@ -5,6 +5,7 @@
 # Environment knobs:
 #   PYTHON=python3.11         interpreter for the venv
 #   AGNOSTIC_RELOC_ROS=0      skip the ros-* wheels (e.g. when a ROS 2 distro is sourced)
+#   AGNOSTIC_RELOC_ORBSLAM3=0 skip real ORB-SLAM3 (the GPL-3 pyorbslam3 wheel and its GL/X11 libraries)
 #   AGNOSTIC_RELOC_SYSTEM_SITE=1  create the venv with --system-site-packages (use a system/CUDA torch
 #                             or a sourced ROS distro's rclpy)
 # An existing torch in the venv (e.g. a CUDA build you installed) is kept and pinned; otherwise
@@ -13,12 +14,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 
-if [ ! -d /usr/share/doc/opencv-doc/examples/data ]; then
+# Debian packages: opencv-doc (real photos used as test data) and the GL/X11 runtime libraries that the
+# pyorbslam3 wheel (real ORB-SLAM3) links against. Installed only when something is missing.
+APT_PKGS=()
+[ -d /usr/share/doc/opencv-doc/examples/data ] || APT_PKGS+=(opencv-doc)
+if [ "${AGNOSTIC_RELOC_ORBSLAM3:-1}" = "1" ]; then
+  for lib in libOpenGL.so.0 libGLX.so.0 libEGL.so.1 libGL.so.1 libX11.so.6 libXext.so.6 libSM.so.6 libICE.so.6; do
+    ldconfig -p 2>/dev/null | grep "$lib" >/dev/null || { APT_PKGS+=(libgl1 libegl1 libopengl0 libglx0 libsm6 libice6 libx11-6 libxext6); break; }
+  done
+fi
+if [ ${#APT_PKGS[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  echo "== installing Debian opencv-doc (real photos used as test data)"
-  ($SUDO apt-get update -qq && $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null) \
-    || echo "warning: could not install opencv-doc; tests needing photos will be skipped"
+  echo "== installing Debian packages: ${APT_PKGS[*]}"
+  ($SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PKGS[@]}" >/dev/null) \
+    || echo "warning: could not install ${APT_PKGS[*]}; tests needing photos or ORB-SLAM3 will be skipped"
 fi
 
 VENV_ARGS=()
@@ -49,6 +59,11 @@ echo "== installing dependencies"
 if [ "${AGNOSTIC_RELOC_ROS:-1}" = "1" ]; then
   echo "== installing ROS 2 rclpy wheels (no ROS distribution needed)"
   "${PIP[@]}" install -c "$CONSTRAINTS" -r requirements-ros.txt
+fi
+if [ "${AGNOSTIC_RELOC_ORBSLAM3:-1}" = "1" ]; then
+  echo "== installing real ORB-SLAM3 (pyorbslam3 wheel, GPL-3; AGNOSTIC_RELOC_ORBSLAM3=0 skips it)"
+  "${PIP[@]}" install -c "$CONSTRAINTS" -r requirements-orbslam3.txt \
+    || echo "warning: pyorbslam3 did not install (x86-64 Linux wheels only); ORB-SLAM3 tests will be skipped"
 fi
 echo "== installing agnostic_reloc"
 "${PIP[@]}" install --no-deps --no-build-isolation -e .

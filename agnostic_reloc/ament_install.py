@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = "agnostic_reloc"
-EXECUTABLES = ("reloc_node", "agnostic-reloc")
+EXECUTABLES = ("reloc_node", "orbslam3_bridge", "agnostic-reloc")
 
 
 def _link(src: Path, dst: Path) -> None:

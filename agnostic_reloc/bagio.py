@@ -191,35 +191,46 @@ def write_bag(path: str | os.PathLike, messages: Iterable[OutMessage], storage: 
         return w.count
 
 
-def sequence_messages(seq, depth: bool = True, ground_truth: bool = True) -> Iterator[OutMessage]:
-    """Contract messages of a world-generator sequence, frame by frame in the order ORB-SLAM3 would publish.
+def frame_messages(ns: int, camera: CameraModel, tracking_state: str, image: np.ndarray, keypoints,
+                   keyframe: tuple | None = None, depth: np.ndarray | None = None,
+                   T_world_cam: np.ndarray | None = None) -> list[OutMessage]:
+    """Contract messages of one frame, in the order ORB-SLAM3 would publish them (log times ns + k us).
 
-    Per frame (log times stamp + k us, so log order is publish order): camera_info, tracking_state, image,
-    frame keypoints, keyframe pose (drifting SLAM map frame) + keyframe keypoints with map points (keyframes),
-    depth (16UC1 mm, if `depth` and the sequence kept it) and the ground-truth T_world_cam (if `ground_truth`).
+    camera_info, tracking_state, image (rgb8), frame keypoints; with `keyframe` = (T_map_cam, map_points,
+    map_point_ids) the keyframe pose (frame `map`) and keyframe keypoints with map points; depth (16UC1 mm,
+    metres in) and the ground-truth T_world_cam when given.
     """
-    T, W, H = MESSAGE_TYPES, seq.image_size[0], seq.image_size[1]
-    camera = CameraModel.pinhole(seq.K, W, H)
+    T = MESSAGE_TYPES
+    out = [OutMessage(INPUT_TOPICS["camera_info"], T["camera_info"], 0, camera_info_to_msg(camera, ns)),
+           OutMessage(INPUT_TOPICS["tracking_state"], T["tracking_state"], 0, string_msg(tracking_state)),
+           OutMessage(INPUT_TOPICS["image"], T["image"], 0, image_to_msg(encode_image(image, "rgb8"), ns)),
+           OutMessage(INPUT_TOPICS["frame_keypoints"], T["frame_keypoints"], 0,
+                      cloud_to_msg(encode_keypoints(keypoints), ns))]
+    if keyframe is not None:
+        T_map_cam, map_points, map_point_ids = keyframe
+        out.append(OutMessage(INPUT_TOPICS["keyframe_pose"], T["keyframe_pose"], 0, pose_to_msg(T_map_cam, ns, MAP_FRAME)))
+        out.append(OutMessage(INPUT_TOPICS["keyframe_keypoints"], T["keyframe_keypoints"], 0,
+                              cloud_to_msg(encode_keypoints(keypoints, map_points, map_point_ids), ns)))
+    if depth is not None:
+        out.append(OutMessage(DEPTH_TOPIC, T["depth"], 0, image_to_msg(depth_image(depth), ns)))
+    if T_world_cam is not None:
+        out.append(OutMessage(GROUND_TRUTH_TOPIC, T["ground_truth"], 0, pose_to_msg(T_world_cam, ns, WORLD_FRAME)))
+    for k, m in enumerate(out):
+        m.log_ns = ns + 1000 * k
+    return out
+
+
+def sequence_messages(seq, depth: bool = True, ground_truth: bool = True) -> Iterator[OutMessage]:
+    """Contract messages of a world-generator sequence, frame by frame (see `frame_messages`): keyframes carry
+    their pose in the drifting SLAM map and their map points; depth if `depth` and the sequence kept it; the
+    ground truth if `ground_truth`."""
+    camera = CameraModel.pinhole(seq.K, seq.image_size[0], seq.image_size[1])
     for f in seq.frames:
-        ns = seconds_to_ns(f.stamp)
-        out = [OutMessage(INPUT_TOPICS["camera_info"], T["camera_info"], 0, camera_info_to_msg(camera, ns)),
-               OutMessage(INPUT_TOPICS["tracking_state"], T["tracking_state"], 0, string_msg(f.tracking_state)),
-               OutMessage(INPUT_TOPICS["image"], T["image"], 0, image_to_msg(encode_image(f.image, "rgb8"), ns)),
-               OutMessage(INPUT_TOPICS["frame_keypoints"], T["frame_keypoints"], 0,
-                          cloud_to_msg(encode_keypoints(f.keypoints), ns))]
+        kf = None
         if f.is_keyframe and f.T_map_cam is not None and f.tracking_state == "OK":
-            out.append(OutMessage(INPUT_TOPICS["keyframe_pose"], T["keyframe_pose"], 0,
-                                  pose_to_msg(f.T_map_cam, ns, MAP_FRAME)))
-            out.append(OutMessage(INPUT_TOPICS["keyframe_keypoints"], T["keyframe_keypoints"], 0,
-                                  cloud_to_msg(encode_keypoints(f.keypoints, f.map_points, f.map_point_ids), ns)))
-        if depth and f.depth is not None:
-            out.append(OutMessage(DEPTH_TOPIC, T["depth"], 0, image_to_msg(depth_image(f.depth), ns)))
-        if ground_truth:
-            out.append(OutMessage(GROUND_TRUTH_TOPIC, T["ground_truth"], 0,
-                                  pose_to_msg(f.T_world_cam, ns, WORLD_FRAME)))
-        for k, m in enumerate(out):
-            m.log_ns = ns + 1000 * k
-            yield m
+            kf = (f.T_map_cam, f.map_points, f.map_point_ids)
+        yield from frame_messages(seconds_to_ns(f.stamp), camera, f.tracking_state, f.image, f.keypoints, kf,
+                                  f.depth if depth else None, f.T_world_cam if ground_truth else None)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -339,11 +350,13 @@ SMALL_WORLD = {"camera": {"width": 320, "height": 240, "f": 250.0}, "trajectory"
 
 def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, profile: str = "mixed",
              storage: str = "sqlite3", depth: bool = True, small: bool = False, ground_truth: bool = True,
-             progress: bool = True) -> dict:
+             progress: bool = True, fps: float | None = None) -> dict:
     """Render a world-generator sequence and write it as a contract bag (see `sequence_messages`).
 
-    small: the demo's world (SMALL_WORLD). Returns counts {frames, keyframes, queries, messages, storage}.
-    BagError when `out` exists (never overwritten).
+    small: the demo's world (SMALL_WORLD). fps: frame rate (default 5 Hz); the laps keep their length, so a
+    higher rate gives proportionally more, closer frames (real ORB-SLAM3 needs >= 10 Hz to track the world).
+    Returns counts {frames, keyframes, queries, messages, storage}. BagError when `out` exists (never
+    overwritten).
     """
     from .world import make_sequence
 
@@ -353,6 +366,15 @@ def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, p
     if storage not in STORAGES:
         raise BagError(f"unknown bag storage '{storage}' (choose {' or '.join(STORAGES)})")
     conf = {**(SMALL_WORLD if small else {}), "keep_depth": bool(depth)}
+    if fps is not None:
+        if not 0 < float(fps) <= 100:
+            raise BagError(f"--fps must be in (0, 100] Hz, got {fps}")
+        from .world.trajectory import default_conf as traj_conf
+
+        scale = float(fps) / traj_conf["fps"]
+        conf["trajectory"] = {**conf.get("trajectory", {}), "fps": float(fps),
+                              "frames_per_lap": int(round(traj_conf["frames_per_lap"] * scale)),
+                              "kidnap_speed": traj_conf["kidnap_speed"] / scale}
     seq = make_sequence(seed=seed, profile=profile, n_frames=frames, conf=conf, progress=progress)
     n = write_bag(out, sequence_messages(seq, depth, ground_truth), storage, progress)
     return {"frames": len(seq.frames), "keyframes": sum(f.is_keyframe for f in seq.frames),

@@ -167,6 +167,8 @@ def _add_make_bag(sub) -> None:
     p.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"))
     p.add_argument("--no-depth", action="store_true", help="leave out the depth images")
     p.add_argument("--small", action="store_true", help="the demo's world: 320x240, sparser keyframes")
+    p.add_argument("--fps", type=float, default=None, help="frame rate in Hz (default 5; the laps keep their "
+                                                         "length, so more, closer frames: use >= 10 for ORB-SLAM3)")
     p.set_defaults(func=cmd_make_bag)
 
 
@@ -174,7 +176,8 @@ def cmd_make_bag(args: argparse.Namespace) -> int:
     from .bagio import BagError, make_bag
 
     try:
-        info = make_bag(args.out, args.seed, args.frames, args.profile, args.storage, not args.no_depth, args.small)
+        info = make_bag(args.out, args.seed, args.frames, args.profile, args.storage, not args.no_depth, args.small,
+                        fps=args.fps)
     except BagError as exc:
         return _bag_error(args, exc)
     print(f"wrote {args.out} ({info['storage']}): {info['frames']} frames, {info['keyframes']} keyframes, "
@@ -223,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    from .orbslam3.cli import add_parsers as add_orbslam3_parsers
+
+    add_orbslam3_parsers(sub)
     return parser
 
 

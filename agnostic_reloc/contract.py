@@ -199,7 +199,7 @@ class KeypointCloud:
 
 def encode_keypoints(kpts: Keypoints, map_points: np.ndarray | None = None,
                      map_point_ids: np.ndarray | None = None) -> Cloud:
-    """Keypoints (+ optional map points [N x 3] with NaN rows and ids [N], -1 = none) -> Cloud."""
+    """Keypoints (+ optional map points [N x 3] with NaN rows = none, and ids [N], -1 = unknown) -> Cloud."""
     cols = {"x": kpts.xy[:, 0], "y": kpts.xy[:, 1], "size": kpts.size, "angle": kpts.angle,
             "response": kpts.response, "octave": kpts.octave}
     layout = list(KEYPOINT_FIELDS)
@@ -207,7 +207,7 @@ def encode_keypoints(kpts: Keypoints, map_points: np.ndarray | None = None,
         mp = np.asarray(map_points, np.float32).reshape(-1, 3)
         if len(mp) != len(kpts):
             raise ContractError(f"{len(mp)} map points for {len(kpts)} keypoints")
-        ids = (np.where(np.isfinite(mp).all(1), 0, -1) if map_point_ids is None
+        ids = (np.full(len(kpts), -1, np.int64) if map_point_ids is None
                else np.asarray(map_point_ids, np.int64).reshape(-1))
         if len(ids) != len(kpts):
             raise ContractError(f"{len(ids)} map point ids for {len(kpts)} keypoints")
@@ -235,8 +235,9 @@ def decode_keypoints(cloud: Cloud, scale_factor: float = 1.2) -> KeypointCloud:
     mp = ids = None
     if all(k in cols for k in ("map_x", "map_y", "map_z")):
         mp = np.stack([cols["map_x"], cols["map_y"], cols["map_z"]], 1).astype(np.float32)
-        ids = cols["map_id"].astype(np.int64) if "map_id" in cols else np.where(np.isfinite(mp).all(1), 0, -1)
-        mp[ids < 0] = np.nan  # a point without an id is no map point
+        ids = cols["map_id"].astype(np.int64) if "map_id" in cols else np.full(len(mp), -1, np.int64)
+        # NaN coordinates = no map point; a finite point with map_id -1 is a map point whose id is unknown
+        # (pyorbslam3 gives no ids, see orbslam3/bridge.py)
         ids = np.where(np.isfinite(mp).all(1), ids, -1)
     elif any(k in cols for k in ("map_x", "map_y", "map_z")):
         raise ContractError("PointCloud2 has only some of the fields map_x, map_y, map_z")

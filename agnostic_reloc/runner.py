@@ -63,28 +63,36 @@ def events_from_sequence(seq) -> Iterator[KeyframeEvent | QueryEvent]:
             yield KeyframeEvent(f.stamp, f.image, f.keypoints, f.T_map_cam, seq.K, f.map_points, f.map_point_ids)
 
 
+def step(engine: Engine, ev: KeyframeEvent | QueryEvent, result: RunResult) -> LoopClosure | Relocalization | None:
+    """Feed one event to the engine and record the outcome in `result`; returns the relocalization of a query
+    (success or not) or None for a keyframe. Malformed input is rejected with its reason, never fatal."""
+    if isinstance(ev, KeyframeEvent):
+        try:
+            kf = engine.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
+                                      ev.map_point_ids, ev.kf_id)
+        except ValueError as exc:
+            result.rejected.append((ev.stamp, str(exc)))
+            logger.warning("keyframe at %.3f rejected: %s", ev.stamp, exc)
+            return None
+        engine.insert_keyframe(kf)
+        result.keyframes[kf.id] = (kf.stamp, kf.T_map_cam)
+        result.loops.extend(engine.detect_loops(kf))
+        return None
+    try:
+        rel = engine.relocalize(ev.stamp, ev.image, ev.K, ev.keypoints)
+    except ValueError as exc:
+        result.rejected.append((ev.stamp, str(exc)))
+        rel = Relocalization(ev.stamp, False, reason=f"bad query: {exc}")
+    result.relocalizations.append(rel)
+    return rel
+
+
 def run(engine: Engine, events: Iterable[KeyframeEvent | QueryEvent], progress: bool = True,
         total: int | None = None) -> RunResult:
-    """Feed events to the engine in order; malformed keyframes are rejected with their reason, never fatal."""
+    """Feed events to the engine in order (`step`); malformed keyframes are rejected with their reason."""
     result = RunResult()
     for ev in tqdm(events, desc="events", total=total, disable=not progress):
-        if isinstance(ev, KeyframeEvent):
-            try:
-                kf = engine.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
-                                          ev.map_point_ids, ev.kf_id)
-            except ValueError as exc:
-                result.rejected.append((ev.stamp, str(exc)))
-                logger.warning("keyframe at %.3f rejected: %s", ev.stamp, exc)
-                continue
-            engine.insert_keyframe(kf)
-            result.keyframes[kf.id] = (kf.stamp, kf.T_map_cam)
-            result.loops.extend(engine.detect_loops(kf))
-        else:
-            try:
-                result.relocalizations.append(engine.relocalize(ev.stamp, ev.image, ev.K, ev.keypoints))
-            except ValueError as exc:
-                result.rejected.append((ev.stamp, str(exc)))
-                result.relocalizations.append(Relocalization(ev.stamp, False, reason=f"bad query: {exc}"))
+        step(engine, ev, result)
     result.timing_ms = {k: list(v) for k, v in engine.timing.items()}
     return result
 

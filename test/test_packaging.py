@@ -30,7 +30,9 @@ def test_colcon_build_installs_node_config_and_launch(tmp_path):
     inst = tmp_path / "install" / "agnostic_reloc"
     for rel in ("share/ament_index/resource_index/packages/agnostic_reloc", "share/agnostic_reloc/package.xml",
                 "share/agnostic_reloc/config/reloc.yaml", "share/agnostic_reloc/launch/reloc.launch.py",
-                "lib/agnostic_reloc/reloc_node", "lib/agnostic_reloc/agnostic-reloc"):
+                "share/agnostic_reloc/config/orbslam3_bridge.yaml",
+                "share/agnostic_reloc/launch/orbslam3_reloc.launch.py",
+                "lib/agnostic_reloc/reloc_node", "lib/agnostic_reloc/agnostic-reloc", "lib/agnostic_reloc/orbslam3_bridge"):
         assert (inst / rel).exists(), f"colcon build did not install {rel}"
     assert (inst / "share/agnostic_reloc/config/reloc.yaml").read_text() == (ROOT / "config/reloc.yaml").read_text()
 
@@ -45,6 +47,7 @@ def test_pip_path_has_ament_index_entries():
     written = install(prefix)  # idempotent: what setup.sh did
     assert (prefix / "share/ament_index/resource_index/packages/agnostic_reloc") in written
     assert (prefix / "lib/agnostic_reloc/reloc_node").resolve() == (prefix / "bin/reloc_node").resolve()
+    assert (prefix / "lib/agnostic_reloc/orbslam3_bridge").resolve() == (prefix / "bin/orbslam3_bridge").resolve()
     assert (prefix / "share/agnostic_reloc/launch/reloc.launch.py").is_file()
     assert (prefix / "share/agnostic_reloc/config/reloc.yaml").is_file()
     assert "AMENT_PREFIX_PATH" in (prefix / "bin/activate").read_text(), "setup.sh adds AMENT_PREFIX_PATH to activate"
