@@ -199,3 +199,32 @@ def test_compare_report(sequence_dir, vocabulary, tmp_path):
     assert s["orbslam3"]["n"] == 2 and s["with_ours"]["n"] == 2
     report = (out / "report.md").read_text()
     assert "ORB-SLAM3 alone" in report and "words" in report and (out / "compare.png").stat().st_size > 5000
+
+
+def test_frame_source_bad_inputs(tmp_path, photos):
+    """Sources the bridge cannot use are one SourceError naming the problem; a bag without ground truth cannot be
+    compared (checked before ORB-SLAM3 starts)."""
+    from agnostic_reloc.bagio import BagWriter, OutMessage, image_to_msg, make_bag
+    from agnostic_reloc.contract import MESSAGE_TYPES, encode_image
+    from agnostic_reloc.orbslam3.compare import compare
+    from agnostic_reloc.orbslam3.source import FrameSource, SourceError
+
+    with pytest.raises(SourceError, match="does not exist"):
+        FrameSource(tmp_path / "nothing")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SourceError, match="neither a sequence folder"):
+        FrameSource(tmp_path / "folder")
+    img = np.zeros((48, 64, 3), np.uint8)
+    with BagWriter(tmp_path / "no_info") as w:  # images but no CameraInfo
+        w.write(OutMessage("/camera/image_raw", MESSAGE_TYPES["image"], 1, image_to_msg(encode_image(img), 1)))
+    with pytest.raises(SourceError, match="lacks /camera/camera_info"):
+        FrameSource(tmp_path / "no_info")
+    make_bag(tmp_path / "no_gt", frames=8, profile="loop", small=True, ground_truth=False, progress=False)
+    src = FrameSource(tmp_path / "no_gt")
+    assert src.has_depth and not src.has_gt and src.camera.width == 320
+    frames = list(src)
+    assert len(frames) == 8 and frames[0].depth.dtype == np.float32 and frames[0].T_world_cam is None
+    with pytest.raises(ValueError, match="no ground truth"):
+        compare(tmp_path / "no_gt", tmp_path / "cmp", runs=1)
+    with pytest.raises(ValueError, match="--runs must be at least 1"):
+        compare(tmp_path / "no_gt", tmp_path / "cmp", runs=0)

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import invert_T, rotation_angle_deg
-from ..metrics import percentiles
 from .offline import OfflineRun, run_bridge
 from .source import FrameSource
 
@@ -260,7 +259,7 @@ def compare(source: str | os.PathLike, out: str | os.PathLike, runs: int = 3, br
     (out / "compare.json").write_text(dump_json(_clean(result)))
     plot_compare(per_run, out / "compare.png")
     voc = info["vocabulary"] or {}
-    text = [f"# ORB-SLAM3 alone vs ORB-SLAM3 + agnostic_reloc\n",
+    text = ["# ORB-SLAM3 alone vs ORB-SLAM3 + agnostic_reloc\n",
             f"Source `{source}` ({src.n_frames} frames, {info['sensor']}), {runs} runs, "
             f"{info['wall_s']:.0f} s in total. ORB-SLAM3's vocabulary: `{voc.get('path')}` "
             f"({voc.get('words')} words, k={voc.get('k')}, L={voc.get('L')}); a small vocabulary handicaps "

@@ -8,6 +8,7 @@ is answered back (`OrbSlam3Bridge.answer`), which anchors a new ORB-SLAM3 map to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -76,7 +77,8 @@ def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLi
     engine = Engine(engine_conf or {}) if with_engine else None
     events = BagEvents(resolve_topics()) if with_engine else None
     result = RunResult() if with_engine else None
-    writer = BagWriter(bag, storage).__enter__() if bag is not None else None
+    stack = contextlib.ExitStack()
+    writer = stack.enter_context(BagWriter(bag, storage)) if bag is not None else None
     run = OfflineRun(bag=None if bag is None else str(bag))
     t0 = time.perf_counter()
     total = src.n_frames if max_frames is None else min(src.n_frames, max_frames)
@@ -111,8 +113,7 @@ def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLi
             bar.set_postfix(state=bf.state, maps=bridge.epoch + 1, refresh=False)
     finally:
         bar.close()
-        if writer is not None:
-            writer.__exit__(None, None, None)
+        stack.close()
         run.files = bridge.shutdown(out_dir)
     run.wall_s = time.perf_counter() - t0
     run.bridge = bridge.summary()
