@@ -73,8 +73,6 @@ def covariance_left_to_right(T: np.ndarray, cov: np.ndarray) -> np.ndarray:
 
     d' = Ad(inv(T)) d, so cov' = Ad(inv(T)) cov Ad(inv(T))^T; both rotation first [rx ry rz tx ty tz].
     """
-    import gtsam
-
     T = _check_T(T, "T")
     cov = np.asarray(cov, dtype=np.float64)
     if cov.shape != (6, 6):

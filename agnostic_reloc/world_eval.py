@@ -54,7 +54,7 @@ def evaluate_modes(sequence, modes: dict[str, dict] | None = None, engine_conf: 
     modes = modes or MODES
     gt = {f.stamp: f.T_world_cam for f in sequence.frames}
     events = list(events_from_sequence(sequence))
-    report, curves = {}, {}
+    report, curves, timings = {}, {}, {}
     for name, mode_conf in modes.items():
         engine = Engine({**(engine_conf or {}), **mode_conf})
         result = run(engine, events, progress=progress, total=len(events))
@@ -71,14 +71,18 @@ def evaluate_modes(sequence, modes: dict[str, dict] | None = None, engine_conf: 
             "timing_ms": {k: percentiles(v) for k, v in result.timing_ms.items()},
         }
         curves[name] = (np.asarray(loops["curve_precision"]), np.asarray(loops["curve_recall"]))
+        timings[name] = result.timing_ms
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "world_eval.json").write_text(json.dumps(report, indent=1, default=float))
         try:
-            from .loop_metrics import plot_pr_curve
+            from .loop_metrics import plot_latency_hist, plot_pr_curve
 
             plot_pr_curve(curves, out / "loop_pr_curve.png")
+            for name, timing in timings.items():  # per-keyframe latency by stage
+                if timing:
+                    plot_latency_hist(timing, out / f"latency_{name}.png")
         except Exception as exc:  # the numbers matter more than the plot
             logger.warning("plot failed: %s", exc)
     return report

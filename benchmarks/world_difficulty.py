@@ -1,11 +1,14 @@
 """Loop recall at 100% precision vs revisit difficulty, learned vs classic, on the ground-truth world.
 
-Each level makes lap 2 of the `loop` profile harder in two ways at once, as real revisits are: a larger
+Levels 0-3 make lap 2 of the `loop` profile harder in two ways at once, as real revisits are: a larger
 viewpoint change (lateral offset, yaw, height) and worse lighting (darker, more gamma, vignetting, noise).
+Levels 4-5 keep level 1's viewpoint change (most revisits stay within the strict recall radius) and make the
+revisit a night-time one: much darker, motion blur (a robot moving in low light), more noise.
 The same sequence is run through both matcher modes (same keypoints, retrieval, geometry and acceptance).
+`--ensemble aliked` adds that detector's keypoints to every keyframe (results stored as "<level>+aliked").
 Writes JSON (per level, both modes) and a PNG (recall@100%P and false loops vs level). Usage:
 
-    python benchmarks/world_difficulty.py --out bench_out/difficulty [--seed 1] [--levels 0 1 2 3]
+    python benchmarks/world_difficulty.py --out bench_out/difficulty [--seed 1] [--levels 0 1 2 3 4 5]
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ LEVELS = {  # lap-2 trajectory and lighting per level (level 0 = the generator's
         "lap2_lighting": {"gain": 0.35, "gamma": 1.7, "vignetting": 0.4, "noise_std": 5.0}},
     3: {"lap2_offset": (1.0, 1.5), "lap2_yaw_deg": 40.0, "lap2_dz": 0.5,
         "lap2_lighting": {"gain": 0.28, "gamma": 1.9, "vignetting": 0.45, "noise_std": 6.0}},
+    4: {"lap2_offset": (0.5, 0.9), "lap2_yaw_deg": 25.0, "lap2_dz": 0.3,
+        "lap2_lighting": {"gain": 0.3, "gamma": 1.8, "vignetting": 0.4, "noise_std": 6.0, "blur_px": 5.0}},
+    5: {"lap2_offset": (0.5, 0.9), "lap2_yaw_deg": 25.0, "lap2_dz": 0.3,
+        "lap2_lighting": {"gain": 0.22, "gamma": 2.1, "vignetting": 0.45, "noise_std": 8.0, "blur_px": 9.0}},
 }
 
 
@@ -37,6 +44,7 @@ def main() -> int:
     ap.add_argument("--levels", type=int, nargs="*", default=sorted(LEVELS), help="levels to run (none: only re-plot)")
     ap.add_argument("--frames-per-lap", type=int, default=80)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--ensemble", default=None, help="add this detector's keypoints to every keyframe (e.g. aliked)")
     args = ap.parse_args()
 
     from agnostic_reloc.world import make_sequence
@@ -49,18 +57,21 @@ def main() -> int:
         t0 = time.time()
         conf = {"keep_depth": False, "trajectory": {"frames_per_lap": args.frames_per_lap, **LEVELS[level]}}
         seq = make_sequence(seed=args.seed, profile="loop", conf=conf, progress=False)
-        rep = evaluate_modes(seq, engine_conf={"device": args.device}, out=os.path.join(args.out, f"level{level}"))
-        results[str(level)] = {"conf": LEVELS[level], "seed": args.seed, "frames": len(seq.frames),
-                               "keyframes": sum(f.is_keyframe for f in seq.frames), "seconds": time.time() - t0,
-                               **{m: {k: r[k] for k in ("loop_precision", "loop_recall", "loop_recall_at_100p",
-                                                         "loops", "false_loops", "false_loop_details", "revisit_queries",
-                                                         "ate_before_m", "ate_after_m") if k in r} for m, r in rep.items()}}
+        key = f"{level}+{args.ensemble}" if args.ensemble else str(level)
+        engine_conf = {"device": args.device, "ensemble_detector": args.ensemble}
+        rep = evaluate_modes(seq, engine_conf=engine_conf, out=os.path.join(args.out, f"level{key}"))
+        results[key] = {"ensemble": args.ensemble, "conf": LEVELS[level], "seed": args.seed, "frames": len(seq.frames),
+                        "keyframes": sum(f.is_keyframe for f in seq.frames), "seconds": time.time() - t0,
+                        **{m: {k: r[k] for k in ("loop_precision", "loop_recall", "loop_recall_at_100p", "loops",
+                                                 "false_loops", "false_loop_details", "revisit_queries",
+                                                 "ate_before_m", "ate_after_m", "timing_ms") if k in r}
+                           for m, r in rep.items()}}
         with open(path, "w") as f:
             json.dump(results, f, indent=1, default=float)
-        r = results[str(level)]
-        print(f"level {level}: recall@100%P learned {r['learned']['loop_recall_at_100p']:.3f} "
+        r = results[key]
+        print(f"level {key}: recall@100%P learned {r['learned']['loop_recall_at_100p']:.3f} "
               f"({r['learned']['false_loops']} false) vs classic {r['classic']['loop_recall_at_100p']:.3f} "
-              f"({r['classic']['false_loops']} false), {r['revisit_queries'] if 'revisit_queries' in r else ''}"
+              f"({r['classic']['false_loops']} false), {r['learned']['revisit_queries']} revisit queries, "
               f"{time.time() - t0:.0f} s", flush=True)
 
     import matplotlib
@@ -68,7 +79,7 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = sorted(int(k) for k in results)
+    levels = sorted(int(k) for k in results if k.isdigit())
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, style in (("learned", "o-"), ("classic", "s--")):
         ax.plot(levels, [results[str(lv)][mode]["loop_recall_at_100p"] for lv in levels], style,

@@ -7,7 +7,6 @@ import pytest
 
 from agnostic_reloc.engine import Engine
 from agnostic_reloc.features.keypoints import Keypoints
-from agnostic_reloc.geometry import invert_T
 from agnostic_reloc.mapstore import KeyframeMap, MapFormatError
 from agnostic_reloc.runner import KeyframeEvent, QueryEvent, evaluate, events_from_sequence, run
 

@@ -11,7 +11,7 @@ import pytest
 
 from agnostic_reloc.features.keypoints import Keypoints
 from agnostic_reloc.keyframe import Keyframe
-from agnostic_reloc.mapstore import FORMAT_VERSION, MAGIC, KeyframeMap, MapFormatError
+from agnostic_reloc.mapstore import FORMAT_VERSION, KeyframeMap, MapFormatError
 
 W, H, D, G = 640, 480, 128, 640
 

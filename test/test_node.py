@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from agnostic_reloc.contract import (Cloud, CloudField, ImageData, decode_matche
                                      encode_keypoints, parse_keyframe_frame_id, seconds_to_ns)
 from agnostic_reloc.geometry import invert_T, rotation_angle_deg  # noqa: E402
 from agnostic_reloc.mapstore import KeyframeMap  # noqa: E402
+from ros_helpers import isolate_domain, node_log, start_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = Path(sys.executable).parent / "reloc_node"
@@ -40,24 +40,13 @@ def sequence(photos):
 @pytest.fixture(scope="module")
 def domain():
     """An isolated DDS domain for this module (the node subprocess and the test share it)."""
-    os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(20, 200))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return os.environ["ROS_DOMAIN_ID"]
+    return isolate_domain(20, 200)
 
 
 def start_node(tmp: Path, *params: str) -> subprocess.Popen:
-    if not NODE.exists():
-        pytest.skip(f"console script {NODE} missing: run ./setup.sh")
-    args = [str(NODE), "--ros-args", "--params-file", str(ROOT / "config/reloc.yaml"),
-            "-p", "engine.device:=cpu", "-p", "diagnostics_period_s:=0.5", "-p", "warn_throttle_s:=0.0", *params]
-    log = open(tmp / f"node-{time.time_ns()}.log", "w")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    return proc
-
-
-def node_log(proc) -> str:
-    return Path(proc.log_path).read_text()
+    return start_script(NODE, tmp, ["--ros-args", "--params-file", str(ROOT / "config/reloc.yaml"), "-p",
+                                    "engine.device:=cpu", "-p", "diagnostics_period_s:=0.5", "-p",
+                                    "warn_throttle_s:=0.0", *params])
 
 
 class Harness:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from agnostic_reloc.camera import CameraModel  # noqa: E402
 from agnostic_reloc.contract import (DEPTH_SCALE, INPUT_TOPICS, TRACKING_STATES, ImageData,  # noqa: E402
                                      decode_keypoints, encode_image, pose_to_T, seconds_to_ns)
 from agnostic_reloc.geometry import invert_T  # noqa: E402
+from ros_helpers import isolate_domain, node_log, start_script  # noqa: E402
 
 NODE = Path(sys.executable).parent / "orbslam3_bridge"
 W, H = 320, 240
@@ -58,23 +58,22 @@ def vocabulary(photos):
 @pytest.fixture(scope="module")
 def domain():
     """An isolated DDS domain (201..232: apart from test_node.py's 20..200)."""
-    os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(201, 232))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return os.environ["ROS_DOMAIN_ID"]
+    return isolate_domain(201, 232)
 
 
 def start_node(tmp: Path, *params: str) -> subprocess.Popen:
-    if not NODE.exists():
-        pytest.skip(f"console script {NODE} missing: run ./setup.sh")
-    log = open(tmp / f"bridge-{time.time_ns()}.log", "w")
-    proc = subprocess.Popen([str(NODE), "--ros-args", *params], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ))
-    proc.log_path = log.name  # type: ignore[attr-defined]
-    return proc
+    return start_script(NODE, tmp, ["--ros-args", *params])
 
 
-def node_log(proc) -> str:
-    return Path(proc.log_path).read_text()
+def start_orbslam3(h, proc, K) -> str:
+    """Wait for the bridge's subscriptions, then send CameraInfo until ORB-SLAM3 is ready; its log so far."""
+    h.wait_for(lambda: all(p.get_subscription_count() > 0 for p in h.pub.values()), 60,
+               "the bridge's subscriptions", proc)
+    end = time.monotonic() + 90  # ORB-SLAM3 starts on the first CameraInfo (vocabulary load, a few seconds)
+    while "ORB-SLAM3 ready" not in node_log(proc) and time.monotonic() < end and proc.poll() is None:
+        h.camera_info(K)
+        time.sleep(0.25)
+    return node_log(proc)
 
 
 def depth_16uc1(depth_m: np.ndarray) -> ImageData:
@@ -155,14 +154,8 @@ def session(sequence, vocabulary, domain, tmp_path_factory):
     proc = start_node(tmp, "-p", f"vocabulary:={vocabulary}", "-p", f"workdir:={work}", "-p", "warn_throttle_s:=0.0")
     h = Harness()
     try:
-        h.wait_for(lambda: all(p.get_subscription_count() > 0 for p in h.pub.values()), 60,
-                   "the bridge's subscriptions", proc)
-        # ORB-SLAM3 starts on the first CameraInfo (vocabulary load, a few seconds): only then the frames
-        end = time.monotonic() + 90
-        while "ORB-SLAM3 ready" not in node_log(proc) and time.monotonic() < end and proc.poll() is None:
-            h.camera_info(sequence.K)
-            time.sleep(0.25)
-        assert "ORB-SLAM3 ready (RGB-D" in node_log(proc), node_log(proc)[-3000:]
+        log = start_orbslam3(h, proc, sequence.K)
+        assert "ORB-SLAM3 ready (RGB-D" in log, log[-3000:]
         sent = []
         for f in sequence.frames:  # ~10 Hz, as the sequence was rendered
             ns = seconds_to_ns(f.stamp)
@@ -275,13 +268,7 @@ def test_auto_without_depth_runs_monocular(sequence, vocabulary, domain, tmp_pat
     proc = start_node(tmp_path, "-p", f"vocabulary:={vocabulary}", "-p", f"workdir:={tmp_path / 'work'}")
     h = Harness(depth=False)
     try:
-        h.wait_for(lambda: all(p.get_subscription_count() > 0 for p in h.pub.values()), 60,
-                   "the bridge's subscriptions", proc)
-        end = time.monotonic() + 90
-        while "ORB-SLAM3 ready" not in node_log(proc) and time.monotonic() < end and proc.poll() is None:
-            h.camera_info(sequence.K)
-            time.sleep(0.25)
-        log = node_log(proc)
+        log = start_orbslam3(h, proc, sequence.K)
         assert "sensor auto -> monocular" in log and "ORB-SLAM3 ready (monocular" in log, log[-3000:]
         for f in sequence.frames[:15]:
             ns = seconds_to_ns(f.stamp)

@@ -295,3 +295,21 @@ def test_evaluate_matcher_writes_table_json_plot(photos, tmp_path, capsys):
     assert "orb-ss" in capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["results"] == res
     assert (tmp_path / "auc.png").stat().st_size > 1000
+
+
+def test_world_posed_pairs_are_revisits_with_pose_auc(photos, tmp_path):
+    """Posed revisit pairs of a small world: relative pose from ground truth, lap 2 darker; pose AUC reported."""
+    from agnostic_reloc.geometry import rotation_angle_deg
+    from agnostic_reloc.train.evaluate import evaluate_matcher, world_posed_pairs
+
+    world = {"camera": {"width": 320, "height": 240, "f": 250.0}, "trajectory": {"frames_per_lap": 30}}
+    posed = world_posed_pairs(3, seed=1, conf=world)
+    assert 1 <= len(posed) <= 3 and len({p["name"] for p in posed}) == len(posed)
+    for p in posed:
+        assert p["image0"].shape == p["image1"].shape == (240, 320, 3)
+        assert np.linalg.norm(p["T_0to1"][:3, 3]) <= 1.0 and rotation_angle_deg(p["T_0to1"]) <= 30.0
+        assert p["image1"].mean() < p["image0"].mean()  # the lap-2 view is the darker one
+    res = evaluate_matcher(["official"], ["orb-ss"], posed=posed[:1], conf={"max_keypoints": 256, "device": "cpu"})
+    assert set(res["official"]["orb-ss"]["pose"]) == {"auc@5", "auc@10", "auc@20"}
+    with pytest.raises(ValueError, match="positive"):
+        world_posed_pairs(0)

@@ -118,8 +118,19 @@ def test_render_near_plane_and_lighting(scene):
     again, _, _ = render(scene, T, K, (160, 120), {"gain": 0.5, "gamma": 1.3, "vignetting": 0.3,
                                                    "noise_std": 2.0, "seed": 3})
     assert np.array_equal(dark, again)
+    # Motion blur keeps the mean brightness, removes fine detail, and is deterministic by seed.
+    blur, _, _ = render(scene, T, K, (160, 120), {"blur_px": 9.0, "seed": 3})
+    assert abs(float(blur.mean()) - float(img.mean())) < 2.0
+
+    def detail(a):
+        return float(np.abs(np.diff(a.astype(np.float32), axis=1)).mean() + np.abs(np.diff(a.astype(np.float32), axis=0)).mean())
+
+    assert detail(blur) < 0.8 * detail(img)
+    assert np.array_equal(blur, render(scene, T, K, (160, 120), {"blur_px": 9.0, "seed": 3})[0])
     with pytest.raises(ValueError, match="lighting"):
         render(scene, T, K, (160, 120), {"brightness": 2})
+    with pytest.raises(ValueError, match="blur_px"):
+        render(scene, T, K, (160, 120), {"blur_px": -1.0})
     with pytest.raises(ValueError, match="T_world_cam"):
         render(scene, np.eye(3), K, (160, 120))
 

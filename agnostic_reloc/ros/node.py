@@ -17,15 +17,13 @@ import logging
 import os
 import sys
 import threading
-import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 
 import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -46,19 +44,11 @@ from ..sync import StampSync
 from ..viz import render_matches
 from ..worker import EngineWorker
 from . import conversions as cv
+from .node_tools import InputGuard, param_descriptor
 
 THUMB_WIDTH = 320  # keyframe thumbnails kept for ~/matches_image
 THUMB_LIMIT = 5000
 
-
-def _descriptor(name: str, value, text: str, rng: tuple | None) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, description=text)
-    if rng is not None and not isinstance(value, bool):
-        if isinstance(value, int):
-            d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=0)]
-        elif isinstance(value, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]), step=0.0)]
-    return d
 
 
 class RelocNode(Node):
@@ -67,8 +57,8 @@ class RelocNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.p = self._declare()
-        self.rejected: Counter[str] = Counter()
-        self._last_warn: dict[str, float] = {}
+        self.guard = InputGuard(self.get_logger(), lambda: self.p["warn_throttle_s"])
+        self.rejected = self.guard.rejected  # per-kind counts of dropped messages
         self.assembler = EventAssembler()
         self._thumbs: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()  # kf id -> (jpeg, scale)
         self._edges: list[tuple[int, int]] = []
@@ -95,10 +85,10 @@ class RelocNode(Node):
     def _declare(self) -> dict:
         out = {}
         for name, (value, text, rng) in NODE_PARAMS.items():
-            out[name] = self.declare_parameter(name, value, _descriptor(name, value, text, rng)).value
+            out[name] = self.declare_parameter(name, value, param_descriptor(name, value, text, rng)).value
         for name, value in engine_param_defaults().items():
             text, rng = ENGINE_DESCRIPTIONS[name[len("engine."):]]
-            out[name] = self.declare_parameter(name, value, _descriptor(name, value, text, rng)).value
+            out[name] = self.declare_parameter(name, value, param_descriptor(name, value, text, rng)).value
         return out
 
     def _load_map(self) -> KeyframeMap | None:
@@ -189,23 +179,12 @@ class RelocNode(Node):
         return "in-package StampSync"
 
     # ------------------------------------------------------------------ input callbacks
-    def _warn(self, kind: str, text: str) -> None:
-        """A warning throttled per kind (warn_throttle_s)."""
-        now = time.monotonic()
-        if now - self._last_warn.get(kind, -1e9) >= float(self.p["warn_throttle_s"]):
-            self._last_warn[kind] = now
-            self.get_logger().warn(text)
-
-    def _reject(self, kind: str, problem: str) -> None:
-        """Drop a message: throttled warning naming the problem, counted in /diagnostics (rejected_<kind>)."""
-        self.rejected[kind] += 1
-        self._warn(kind, f"dropped {kind}: {problem} ({self.rejected[kind]} dropped so far)")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             cam = cv.msg_to_camera(msg)
         except ContractError as exc:
-            self._reject("camera_info", str(exc))
+            self.guard.reject("camera_info", str(exc))
             return
         old = self.assembler.camera
         if old is None or not (np.array_equal(old.K, cam.K) and np.array_equal(old.D, cam.D)
@@ -218,26 +197,26 @@ class RelocNode(Node):
         # the state String has no stamp: a frame arriving just before the state that lost tracking is not a query
         st = self.assembler.set_tracking_state(msg.data)
         if st.unknown:
-            self._reject("tracking_state", f"unknown tracking state '{msg.data}' (treated as not tracking)")
+            self.guard.reject("tracking_state", f"unknown tracking state '{msg.data}' (treated as not tracking)")
 
     def _on_keyframe_set(self, cloud_msg: PointCloud2, pose_msg: PoseStamped, image_msg: Image) -> None:
         if self.assembler.camera is None:
             if len(self._await_camera) == self._await_camera.maxlen:
-                self._reject("keyframe", "no CameraInfo received yet and the waiting queue is full")
+                self.guard.reject("keyframe", "no CameraInfo received yet and the waiting queue is full")
             self._await_camera.append((cloud_msg, pose_msg, image_msg))
-            self._warn("camera_info", "keyframes wait for the first CameraInfo")
+            self.guard.warn("camera_info", "keyframes wait for the first CameraInfo")
             return
         ns = cv.header_ns(cloud_msg.header)
         try:
             T = cv.pose_msg_to_T(pose_msg.pose)
             ev = self.assembler.keyframe(ns, cv.msg_to_cloud(cloud_msg), T, cv.msg_to_image(image_msg))
         except ContractError as exc:
-            self._reject("keyframe", str(exc))
+            self.guard.reject("keyframe", str(exc))
             return
         self.worker.submit_keyframe(ev)
         backlog = self.worker.depths()["keyframes"]
         if backlog >= int(self.p["keyframe_backlog_warn"]):
-            self._warn("keyframe_backlog", f"{backlog} keyframes wait for extraction (none is dropped; the worker "
+            self.guard.warn("keyframe_backlog", f"{backlog} keyframes wait for extraction (none is dropped; the worker "
                                            f"is slower than the keyframe rate)")
 
     def _on_frame_set(self, cloud_msg: PointCloud2, image_msg: Image) -> None:
@@ -253,14 +232,14 @@ class RelocNode(Node):
             ev = self.assembler.query(ns, cv.msg_to_image(image_msg),
                                       None if cloud_msg is None else cv.msg_to_cloud(cloud_msg))
         except ContractError as exc:
-            self._reject("query", str(exc))
+            self.guard.reject("query", str(exc))
             return
         if not self.worker.submit_query(ev):
-            self._reject("query_overflow", "relocalization queue full: oldest waiting query dropped")
+            self.guard.reject("query_overflow", "relocalization queue full: oldest waiting query dropped")
 
     # ------------------------------------------------------------------ worker callbacks (worker thread)
     def _on_worker_error(self, kind: str, text: str) -> None:
-        self._reject(kind, text)
+        self.guard.reject(kind, text)
 
     def _on_keyframe(self, kf: Keyframe, ev: KeyframeEvent) -> None:
         h, w = ev.image.shape[:2]

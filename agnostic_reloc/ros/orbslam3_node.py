@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
@@ -56,6 +55,7 @@ from ..orbslam3.bridge import default_conf as bridge_defaults
 from ..orbslam3.settings import default_conf as settings_defaults
 from ..sync import StampSync
 from . import conversions as cv
+from .node_tools import InputGuard, param_descriptor
 
 NODE_NAME = "orbslam3_bridge"
 RELOC_NODE_NAME = "reloc_node"  # node_params.NODE_NAME (importing node_params loads the engine and torch)
@@ -89,17 +89,6 @@ PARAMS: dict[str, tuple[Any, str, tuple | None]] = {
 OCTAVE_MODES = ("estimate", "unknown")
 
 
-def _descriptor(name: str, value, text: str, rng: tuple | None) -> ParameterDescriptor:
-    """As reloc_node's (ros/node.py), repeated here: importing node.py would load the engine and torch."""
-    d = ParameterDescriptor(name=name, description=text)
-    if rng is not None and not isinstance(value, bool):
-        if isinstance(value, int):
-            d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=0)]
-        elif isinstance(value, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]), step=0.0)]
-    return d
-
-
 class StartupError(RuntimeError):
     """The node cannot run (bad parameter, vocabulary, pyorbslam3); the text is the one error line."""
 
@@ -129,7 +118,7 @@ class OrbSlam3BridgeNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.p = {name: self.declare_parameter(name, value, _descriptor(name, value, text, rng)).value
+        self.p = {name: self.declare_parameter(name, value, param_descriptor(name, value, text, rng)).value
                   for name, (value, text, rng) in PARAMS.items()}
         self._check_params()
         try:
@@ -141,9 +130,9 @@ class OrbSlam3BridgeNode(Node):
         self.workdir = Path(wd) if wd else Path(tempfile.mkdtemp(prefix="orbslam3_bridge_"))
         self.workdir.mkdir(parents=True, exist_ok=True)
 
-        self.rejected: Counter[str] = Counter()
+        self.guard = InputGuard(self.get_logger(), lambda: self.p["warn_throttle_s"])
+        self.rejected = self.guard.rejected  # per-kind counts of dropped messages
         self.counts: Counter[str] = Counter()
-        self._last_warn: dict[str, float] = {}
         self.camera: CameraModel | None = None
         self._camera_at = 0.0  # monotonic time of the first CameraInfo
         self.rgbd: bool | None = {"rgbd": True, "monocular": False}.get(self.p["sensor"])
@@ -240,24 +229,13 @@ class OrbSlam3BridgeNode(Node):
         return "in-package StampSync"
 
     # ------------------------------------------------------------------ warnings and counts
-    def _warn(self, kind: str, text: str) -> None:
-        """A warning throttled per kind (warn_throttle_s)."""
-        now = time.monotonic()
-        if now - self._last_warn.get(kind, -1e9) >= float(self.p["warn_throttle_s"]):
-            self._last_warn[kind] = now
-            self.get_logger().warn(text)
-
-    def _reject(self, kind: str, problem: str) -> None:
-        """Drop a message: throttled warning naming the problem, counted (logged at shutdown, summary file)."""
-        self.rejected[kind] += 1
-        self._warn(kind, f"dropped {kind}: {problem} ({self.rejected[kind]} dropped so far)")
 
     # ------------------------------------------------------------------ input callbacks (executor thread)
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             cam = cv.msg_to_camera(msg)
         except ContractError as exc:
-            self._reject("camera_info", str(exc))
+            self.guard.reject("camera_info", str(exc))
             return
         with self._cond:
             old = self.camera
@@ -267,12 +245,12 @@ class OrbSlam3BridgeNode(Node):
                 return
         if not (np.array_equal(old.K, cam.K) and np.array_equal(old.D, cam.D)
                 and (old.width, old.height, old.model) == (cam.width, cam.height, cam.model)):
-            self._reject("camera_info", "the calibration changed; ORB-SLAM3 keeps the first one (restart the node)")
+            self.guard.reject("camera_info", "the calibration changed; ORB-SLAM3 keeps the first one (restart the node)")
 
     def _on_image(self, msg: Image) -> None:
         """Every image: tracked alone (monocular), or remembered until its depth image arrives (RGB-D)."""
         if self.rgbd is None:  # sensor auto, ORB-SLAM3 not started yet
-            self._reject("not_started", "ORB-SLAM3 has not started yet (it waits for the first CameraInfo)"
+            self.guard.reject("not_started", "ORB-SLAM3 has not started yet (it waits for the first CameraInfo)"
                          if self.camera is None else "ORB-SLAM3 is starting")
             return
         if not self.rgbd:
@@ -281,14 +259,14 @@ class OrbSlam3BridgeNode(Node):
         self._await_depth[cv.header_ns(msg.header)] = None
         while len(self._await_depth) > SYNC_QUEUE:
             ns, _ = self._await_depth.popitem(last=False)
-            self._reject("depth_missing", f"no depth image with the stamp {ns} ns arrived on {DEPTH_TOPIC} (RGB-D pairs "
+            self.guard.reject("depth_missing", f"no depth image with the stamp {ns} ns arrived on {DEPTH_TOPIC} (RGB-D pairs "
                                   f"image and depth by equal stamp; sensor:=monocular ignores depth)")
 
     def _on_depth(self, msg: Image) -> None:
         self._depth_seen = True
         if self.rgbd is False:
             self.counts["depth_ignored"] += 1
-            self._warn("depth_ignored", f"depth images on {DEPTH_TOPIC} are ignored: ORB-SLAM3 runs monocular "
+            self.guard.warn("depth_ignored", f"depth images on {DEPTH_TOPIC} are ignored: ORB-SLAM3 runs monocular "
                                         f"(sensor:=rgbd to use them)")
 
     def _on_pair(self, image_msg: Image, depth_msg: Image) -> None:
@@ -301,7 +279,7 @@ class OrbSlam3BridgeNode(Node):
         ns = cv.header_ns(image_msg.header)
         cam = self.camera
         if cam is None:
-            self._reject("not_started", "no CameraInfo received yet")
+            self.guard.reject("not_started", "no CameraInfo received yet")
             return
         try:
             rgb = decode_image(cv.msg_to_image(image_msg))
@@ -309,7 +287,7 @@ class OrbSlam3BridgeNode(Node):
             if (w, h) != (cam.width, cam.height):
                 raise ContractError(f"image is {w}x{h} but CameraInfo says {cam.width}x{cam.height}")
         except ContractError as exc:
-            self._reject("image", str(exc))
+            self.guard.reject("image", str(exc))
             return
         depth = None
         if depth_msg is not None:
@@ -318,7 +296,7 @@ class OrbSlam3BridgeNode(Node):
                 if depth.shape != (h, w):
                     raise ContractError(f"depth image is {depth.shape[1]}x{depth.shape[0]} but the image is {w}x{h}")
             except ContractError as exc:
-                self._reject("depth", str(exc))
+                self.guard.reject("depth", str(exc))
                 return
         with self._cond:
             self._frames.append((ns, rgb, depth, image_msg.header.frame_id or "camera"))
@@ -329,16 +307,16 @@ class OrbSlam3BridgeNode(Node):
             self._cond.notify_all()
         self.counts["received"] += 1
         if dropped:
-            self._reject("frame_overflow", "ORB-SLAM3 is slower than the camera: oldest waiting frame dropped")
+            self.guard.reject("frame_overflow", "ORB-SLAM3 is slower than the camera: oldest waiting frame dropped")
 
     def _on_relocalization(self, msg: PoseWithCovarianceStamped) -> None:
         try:
             T = cv.pose_msg_to_T(msg.pose.pose)
         except ContractError as exc:
-            self._reject("relocalization", str(exc))
+            self.guard.reject("relocalization", str(exc))
             return
         if msg.header.frame_id not in ("", MAP_FRAME):
-            self._reject("relocalization", f"frame_id '{msg.header.frame_id}', expected '{MAP_FRAME}'")
+            self.guard.reject("relocalization", f"frame_id '{msg.header.frame_id}', expected '{MAP_FRAME}'")
             return
         with self._cond:
             self._answers.append((cv.header_ns(msg.header), T))
@@ -411,7 +389,7 @@ class OrbSlam3BridgeNode(Node):
                 if frame is not None:
                     self._track(*frame)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
-                self._reject("track", f"{type(exc).__name__}: {exc}")
+                self.guard.reject("track", f"{type(exc).__name__}: {exc}")
 
     def _track(self, ns: int, rgb: np.ndarray, depth: np.ndarray | None, frame_id: str) -> None:
         bf = self.bridge.track(ns, rgb, depth if self.bridge.rgbd else None)

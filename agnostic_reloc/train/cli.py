@@ -54,6 +54,9 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--pairs", type=int, default=20, help="hard homography pairs from the held-out photos")
     p.add_argument("--photos", default="holdout", choices=("holdout", "all"),
                    help="photos for the pairs: the held-out ones (default) or all")
+    p.add_argument("--world-pairs", type=int, default=0,
+                   help="also this many posed revisit pairs of a generated world sequence (pose AUC@5/10/20)")
+    p.add_argument("--world-seed", type=int, default=0, help="seed of that world sequence")
     p.add_argument("--max-keypoints", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -65,7 +68,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..homography_pairs import make_pairs
     from ..photos import list_photos
     from .data import DEFAULT_HOLDOUT, select_photos
-    from .evaluate import evaluate_matcher
+    from .evaluate import evaluate_matcher, world_posed_pairs
 
     if args.pairs <= 0:
         raise ValueError(f"--pairs must be positive, got {args.pairs}")
@@ -73,6 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.photos == "holdout":
         photos = select_photos(photos, DEFAULT_HOLDOUT, "holdout")
     pairs = make_pairs(photos, args.pairs, seed=args.seed)
-    evaluate_matcher(args.weights or ["official"], args.detectors, pairs=pairs, out_dir=args.out,
+    posed = world_posed_pairs(args.world_pairs, args.world_seed) if args.world_pairs else None
+    evaluate_matcher(args.weights or ["official"], args.detectors, pairs=pairs, posed=posed, out_dir=args.out,
                      conf={"max_keypoints": args.max_keypoints, "device": args.device})
     return 0

@@ -38,6 +38,33 @@ default_conf = {
 }
 
 
+def world_posed_pairs(n: int, seed: int = 0, conf: dict | None = None) -> list[dict]:
+    """Up to n posed revisit pairs of a generated `loop` world sequence (lap-2 keyframe, nearest lap-1 one).
+
+    Lap 2 sees the places from another viewpoint and in darker light (world/trajectory.py), so these pairs are
+    3D, wide-baseline and photometrically different: unlike the planar homography pairs. The world's textures
+    are drawn from all photos (training ones included): say so when reporting these numbers.
+    """
+    from ..world import make_sequence
+    from ..world.sequence import gt_revisits
+
+    if n <= 0:
+        raise ValueError(f"need a positive number of world pairs, got {n}")
+    seq = make_sequence(seed=int(seed), profile="loop", conf={"keep_depth": False, **(conf or {})}, progress=False)
+    revisits = gt_revisits(seq, max_dist=1.0, max_angle_deg=30.0)
+    if not revisits:
+        raise ValueError(f"the world sequence of seed {seed} has no revisit pair")
+    pick = np.unique(np.linspace(0, len(revisits) - 1, min(n, len(revisits))).round().astype(int))
+    K = np.asarray(seq.K, np.float64)
+    out = []
+    for k in pick:
+        f0, f1 = seq.frames[revisits[k][1]], seq.frames[revisits[k][0]]
+        T_0to1 = np.linalg.inv(f1.T_world_cam) @ f0.T_world_cam
+        out.append({"image0": f0.image, "image1": f1.image, "K0": K, "K1": K, "T_0to1": T_0to1,
+                    "name": f"world{seed}_{f0.index}_{f1.index}"})
+    return out
+
+
 def _weights_name(w: str) -> str:
     return "official" if w in (None, "official") else Path(w).stem
 

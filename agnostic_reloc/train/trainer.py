@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 import os
 import random
 from pathlib import Path

@@ -20,7 +20,8 @@ default_lighting = {
     "gamma": 1.0,  # intensity <- 255 * (intensity / 255) ** gamma (> 1 darkens mid-tones)
     "vignetting": 0.0,  # relative brightness loss at the image corners (0 = none, 0.3 = 30 %)
     "noise_std": 0.0,  # Gaussian sensor noise std (grey levels)
-    "seed": 0,  # noise seed
+    "blur_px": 0.0,  # linear motion-blur length (px) at a seeded direction (0 = sharp)
+    "seed": 0,  # noise and blur-direction seed
 }
 
 NEAR = 0.05  # near plane (m): nothing closer than this is drawn
@@ -57,15 +58,23 @@ def _clip_near(pts: np.ndarray, near: float) -> np.ndarray:
 
 
 def apply_lighting(image: np.ndarray, lighting: dict | None) -> np.ndarray:
-    """Gain, gamma, vignetting and seeded Gaussian noise on an RGB uint8 image (returns a new image)."""
+    """Motion blur, gain, gamma, vignetting and seeded Gaussian noise on an RGB uint8 image (returns a new image).
+
+    Blur is applied first (it happens on the scene radiance during the exposure), then the tone curve, the
+    vignetting and the sensor noise.
+    """
     if not lighting:
         return image
     unknown = set(lighting) - set(default_lighting)
     if unknown:
         raise ValueError(f"unknown lighting keys {sorted(unknown)}; known keys: {', '.join(default_lighting)}")
     c = {**default_lighting, **lighting}
-    if c["gain"] < 0 or c["gamma"] <= 0 or c["noise_std"] < 0 or not 0 <= c["vignetting"] < 1:
-        raise ValueError(f"bad lighting {c}: need gain >= 0, gamma > 0, noise_std >= 0, 0 <= vignetting < 1")
+    if (c["gain"] < 0 or c["gamma"] <= 0 or c["noise_std"] < 0 or not 0 <= c["vignetting"] < 1
+            or not 0 <= c["blur_px"] <= 100):
+        raise ValueError(f"bad lighting {c}: need gain >= 0, gamma > 0, noise_std >= 0, 0 <= vignetting < 1, "
+                         "0 <= blur_px <= 100")
+    if c["blur_px"] > 0:
+        image = motion_blur(image, c["blur_px"], np.random.default_rng([int(c["seed"]), 1]).uniform(0, 180))
     lut = np.clip(255.0 * c["gain"] * (np.arange(256) / 255.0) ** c["gamma"], 0, 255)
     if c["vignetting"] == 0 and c["noise_std"] == 0:
         return cv2.LUT(image, lut.round().astype(np.uint8))
@@ -79,6 +88,18 @@ def apply_lighting(image: np.ndarray, lighting: dict | None) -> np.ndarray:
         rng = np.random.default_rng(int(c["seed"]))
         out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(c["noise_std"])
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def motion_blur(image: np.ndarray, length_px: float, angle_deg: float) -> np.ndarray:
+    """Linear motion blur: the average of the image along a segment of `length_px` at `angle_deg`."""
+    n = int(np.ceil(length_px)) | 1  # odd kernel size
+    kernel = np.zeros((n, n), np.float32)
+    c = (n - 1) / 2
+    d = np.array([np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))]) * length_px / 2
+    cv2.line(kernel, (int(round(c - d[0])), int(round(c - d[1]))), (int(round(c + d[0])), int(round(c + d[1]))),
+             1.0, 1, cv2.LINE_AA)
+    kernel /= kernel.sum()
+    return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT)
 
 
 def render(scene: Scene, T_world_cam: np.ndarray, K: np.ndarray, size: tuple[int, int],
