@@ -69,6 +69,9 @@ default_conf = {
     "reloc_agree_dist_m": 0.3,  # candidates whose poses agree within this support each other
     "reloc_agree_angle_deg": 5.0,
     "reloc_strong_inliers": 150,  # a single candidate this strong needs no second one
+    "reloc_loop_corrected": True,  # compare candidates' poses after correcting the keyframes with our loops
+    # (pose graph over the SLAM poses + accepted metric loops): copies of a place from different laps of a
+    # drifting SLAM then agree; the pose published stays in the SLAM frame of the best candidate
 }
 
 
@@ -149,6 +152,9 @@ class Engine:
         self._last_kf: Keyframe | None = None
         self._pending: deque[Detection] = deque()  # verified detections awaiting consistency
         self._accepted: deque[Detection] = deque()  # recent accepted detections (a group continues)
+        self._loops: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # accepted metric loops, for the graph
+        self._corrections: dict[int, np.ndarray] = {}  # kf id -> T_corrected_slam from the last pose graph
+        self._graph_loops = 0  # how many loops that pose graph used
         self.timing: dict[str, list[float]] = {}
         self._next_id = 0
         if len(self.map):
@@ -178,6 +184,9 @@ class Engine:
             self._last_kf = None
             self._pending.clear()
             self._accepted.clear()
+            self._loops.clear()
+            self._corrections.clear()
+            self._graph_loops = 0
             self._next_id = 0
 
     def save_map(self, path: str) -> None:
@@ -381,6 +390,8 @@ class Engine:
 
     def _to_loop(self, d: Detection) -> LoopClosure:
         q, m = self.map.get(d.kf_id), self.map.get(d.match_id)
+        if d.metric:
+            self._loops.append((d.kf_id, d.match_id, d.T_match_query, d.covariance))
         return LoopClosure(d.kf_id, q.stamp, d.match_id, m.stamp, d.T_match_query, d.covariance,
                            d.correspondences, d.inliers, float(d.inliers), d.metric)
 
@@ -414,7 +425,8 @@ class Engine:
                 res = estimate_pnp(q.keypoints.xy[p[ok, 0]], xyz[ok], K, c["pnp_threshold_px"],
                                    c["reloc_min_inliers"])
                 if res.success and res.num_inliers / ok.sum() >= c["min_inlier_ratio"]:
-                    dets.append((cand.id, invert_T(res.model), res.covariance, res.num_inliers))
+                    T = invert_T(res.model)
+                    dets.append((cand.id, T, res.covariance, res.num_inliers, self._correction(cand.id) @ T))
             clusters = self._cluster(dets)
             if len(clusters) == 1 and len(clusters[0]) >= 2:
                 break  # two agreeing candidates and no disagreeing one: early acceptance
@@ -435,13 +447,47 @@ class Engine:
         top = best[0]
         return Relocalization(stamp, True, top[1], top[2], top[3], [d[0] for d in best], "")
 
+    def _correction(self, kf_id: int) -> np.ndarray:
+        """T_corrected_slam of a keyframe: identity without loops, else from a pose graph over the SLAM poses
+        and the accepted metric loops of this session (re-solved when loops were added; later keyframes take the
+        correction of the newest keyframe in that solution; keyframes loaded from a map file keep identity)."""
+        if not self.conf["reloc_loop_corrected"] or not self._loops:
+            return np.eye(4)
+        with self.lock:
+            if self._graph_loops != len(self._loops):
+                self._solve_pose_graph()
+            if kf_id in self._corrections:
+                return self._corrections[kf_id]
+            if kf_id not in self._stamp_of:  # loaded from a map file: another session's frame, not in the graph
+                return np.eye(4)
+            stamp = self._stamp_of[kf_id]
+            older = [i for i in self._corrections if self._stamp_of[i] <= stamp]
+            return self._corrections[max(older, key=self._stamp_of.get)] if older else np.eye(4)
+
+    def _solve_pose_graph(self) -> None:
+        from .posegraph import optimize_pose_graph
+
+        t0 = time.perf_counter()
+        order = sorted((i for i in self._stamp_of if i in self.map), key=self._stamp_of.get)
+        poses = {i: self.map.get(i).T_map_cam for i in order}
+        loops = [lp for lp in self._loops if lp[0] in poses and lp[1] in poses]
+        try:
+            corrected = optimize_pose_graph(poses, order, loops) if loops and len(order) > 1 else {}
+        except (RuntimeError, ValueError) as exc:  # an unsolvable graph: compare in the SLAM frame
+            logger.warning("pose graph for relocalization failed (%s): comparing candidates uncorrected", exc)
+            corrected = {}
+        self._corrections = {i: corrected[i] @ invert_T(poses[i]) for i in corrected}
+        self._graph_loops = len(self._loops)
+        self._tick("reloc_pose_graph", t0)
+
     def _cluster(self, dets: list[tuple]) -> list[list[tuple]]:
-        """Group (kf_id, T_map_cam, cov, inliers) detections whose poses agree; best-supported first."""
+        """Group (kf_id, T_map_cam, cov, inliers, loop-corrected T) detections whose corrected poses agree;
+        best-supported first."""
         c = self.conf
         clusters: list[list[tuple]] = []
         for det in sorted(dets, key=lambda x: -x[3]):
             for cl in clusters:
-                delta = invert_T(cl[0][1]) @ det[1]
+                delta = invert_T(cl[0][4]) @ det[4]
                 if (np.linalg.norm(delta[:3, 3]) <= c["reloc_agree_dist_m"]
                         and rotation_angle_deg(delta) <= c["reloc_agree_angle_deg"]):
                     cl.append(det)

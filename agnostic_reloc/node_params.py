@@ -69,6 +69,9 @@ ENGINE_DESCRIPTIONS: dict[str, tuple[str, tuple | None]] = {
                            (0.0, 1e3)),
     "reloc_agree_angle_deg": ("... and this angle", (0.0, 180.0)),
     "reloc_strong_inliers": ("a single candidate this strong needs no second one", (5, 100000)),
+    "reloc_loop_corrected": ("compare relocalization candidates after correcting their keyframes with the accepted "
+                             "loops (pose graph), so copies of a place from different laps of a drifting SLAM agree",
+                             None),
 }
 
 

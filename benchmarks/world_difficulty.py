@@ -45,10 +45,12 @@ def main() -> int:
     ap.add_argument("--frames-per-lap", type=int, default=80)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ensemble", default=None, help="add this detector's keypoints to every keyframe (e.g. aliked)")
+    ap.add_argument("--modes", nargs="+", default=["learned", "classic"], choices=["learned", "classic"],
+                    help="matcher modes to run")
     args = ap.parse_args()
 
     from agnostic_reloc.world import make_sequence
-    from agnostic_reloc.world_eval import evaluate_modes
+    from agnostic_reloc.world_eval import MODES, evaluate_modes
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "world_difficulty.json")
@@ -59,7 +61,8 @@ def main() -> int:
         seq = make_sequence(seed=args.seed, profile="loop", conf=conf, progress=False)
         key = f"{level}+{args.ensemble}" if args.ensemble else str(level)
         engine_conf = {"device": args.device, "ensemble_detector": args.ensemble}
-        rep = evaluate_modes(seq, engine_conf=engine_conf, out=os.path.join(args.out, f"level{key}"))
+        rep = evaluate_modes(seq, {m: MODES[m] for m in args.modes}, engine_conf=engine_conf,
+                             out=os.path.join(args.out, f"level{key}"))
         results[key] = {"ensemble": args.ensemble, "conf": LEVELS[level], "seed": args.seed, "frames": len(seq.frames),
                         "keyframes": sum(f.is_keyframe for f in seq.frames), "seconds": time.time() - t0,
                         **{m: {k: r[k] for k in ("loop_precision", "loop_recall", "loop_recall_at_100p", "loops",
@@ -69,17 +72,16 @@ def main() -> int:
         with open(path, "w") as f:
             json.dump(results, f, indent=1, default=float)
         r = results[key]
-        print(f"level {key}: recall@100%P learned {r['learned']['loop_recall_at_100p']:.3f} "
-              f"({r['learned']['false_loops']} false) vs classic {r['classic']['loop_recall_at_100p']:.3f} "
-              f"({r['classic']['false_loops']} false), {r['learned']['revisit_queries']} revisit queries, "
-              f"{time.time() - t0:.0f} s", flush=True)
+        print(f"level {key}: " + ", ".join(f"{m} recall@100%P {r[m]['loop_recall_at_100p']:.3f} ({r[m]['loops']} "
+                                           f"loops, {r[m]['false_loops']} false)" for m in args.modes)
+              + f", {r[args.modes[0]]['revisit_queries']} revisit queries, {time.time() - t0:.0f} s", flush=True)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = sorted(int(k) for k in results if k.isdigit())
+    levels = sorted(int(k) for k in results if k.isdigit() and all(m in results[k] for m in ("learned", "classic")))
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, style in (("learned", "o-"), ("classic", "s--")):
         ax.plot(levels, [results[str(lv)][mode]["loop_recall_at_100p"] for lv in levels], style,
@@ -88,7 +90,12 @@ def main() -> int:
             n = results[str(lv)][mode]["false_loops"]
             if n:
                 ax.annotate(f"{n} false", (lv, results[str(lv)][mode]["loop_recall_at_100p"]))
-    ax.set_xlabel("revisit difficulty level (viewpoint + lighting change of lap 2)")
+    for k, r in sorted(results.items()):  # ensemble runs ("<level>+<detector>"), learned mode
+        if "+" in k and "learned" in r:
+            lv, det = k.split("+", 1)
+            ax.plot([int(lv)], [r["learned"]["loop_recall_at_100p"]], "^", color="tab:green", ms=9,
+                    label=f"learned + {det} ensemble keypoints" if k == min(x for x in results if "+" in x) else None)
+    ax.set_xlabel("revisit difficulty level (2-3: viewpoint + lighting, 4-5: night + motion blur)")
     ax.set_ylabel("loop recall at 100% precision")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(levels)
