@@ -21,7 +21,7 @@ class UserError(Exception):
 def _add_match(sub) -> None:
     from .features.detectors import DETECTORS
     from .features.suppression import SUPPRESSION_MODES
-    from .pipeline import default_conf
+    from .matching.pipeline import default_conf
 
     p = sub.add_parser("match", help="match two images and write matches as JSON")
     p.add_argument("image0")
@@ -40,8 +40,8 @@ def _add_match(sub) -> None:
 
 
 def cmd_match(args: argparse.Namespace) -> int:
-    from .image import load_image
-    from .pipeline import PairPipeline
+    from .io.image import load_image
+    from .matching.pipeline import PairPipeline
 
     img0, img1 = load_image(args.image0), load_image(args.image1)
     if args.max_keypoints <= 0:
@@ -61,7 +61,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out))
     if args.viz:
-        from .viz import draw_matches
+        from .eval.viz import draw_matches
 
         draw_matches(img0, img1, res.keypoints0.xy, res.keypoints1.xy, res.matches, res.scores, args.viz,
                      title=f"{args.detector} / {args.matcher}: {len(res.matches)} matches")
@@ -82,7 +82,7 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from .tools.bench import main as bench_main
 
     bench_main(out=args.out, n_pairs=args.pairs, device=args.device, latency=not args.skip_latency,
                accuracy=not args.skip_accuracy, quick=args.quick)
@@ -100,8 +100,8 @@ def _add_world_eval(sub) -> None:
 
 
 def cmd_world_eval(args: argparse.Namespace) -> int:
+    from .tools.world_eval import evaluate_modes, print_report
     from .world import make_sequence
-    from .world_eval import evaluate_modes, print_report
 
     seq = make_sequence(seed=args.seed, profile=args.profile, n_frames=args.frames, conf={"keep_depth": False})
     report = evaluate_modes(seq, engine_conf={"device": args.device}, out=args.out)
@@ -136,14 +136,16 @@ def _add_replay(sub) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .bagio import BagError
-    from .replay import load_node_config, parse_remaps, replay
-    from .report import metrics_table
+    from .conf import deep_update
+    from .eval.report import metrics_table
+    from .io.bags import BagError
+    from .io.params import load_node_config, parse_remaps
+    from .tools.replay import replay
 
     engine_conf, replay_conf = load_node_config(args.config) if args.config else ({}, {})
-    for key in ("matcher", "device"):
-        if getattr(args, key):
-            engine_conf[key] = getattr(args, key)
+    engine_conf = deep_update(engine_conf, {"device": args.device} if args.device else {})
+    if args.matcher:
+        engine_conf = deep_update(engine_conf, {"matcher": {"name": args.matcher}})
     try:
         rep = replay(args.bag, args.out, engine_conf, args.gt, parse_remaps(args.remap), args.realtime,
                      conf=replay_conf)
@@ -173,7 +175,7 @@ def _add_make_bag(sub) -> None:
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
-    from .bagio import BagError, make_bag
+    from .io.bags import BagError, make_bag
 
     try:
         info = make_bag(args.out, args.seed, args.frames, args.profile, args.storage, not args.no_depth, args.small,
@@ -198,9 +200,9 @@ def _add_demo(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .bagio import BagError
-    from .replay import run_demo
-    from .report import metrics_table
+    from .eval.report import metrics_table
+    from .io.bags import BagError
+    from .tools.demo import run_demo
 
     t0 = time.perf_counter()
     try:
@@ -238,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     from .weights import WeightsError
 
+    if getattr(args, "ros", None) is not None:  # orbslam3-bridge --ros: the ROS 2 node (orbslam3/ is ROS-free)
+        from .ros.orbslam3_node import main as node_main
+
+        return int(node_main(["orbslam3_bridge", *args.ros]) or 0)
     try:
         return args.func(args)
     except (UserError, ValueError, WeightsError, FileNotFoundError) as exc:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from agnostic_reloc.retrieval import RetrievalIndex, global_descriptor_dim  # noqa: E402
+from agnostic_reloc.loop.retrieval import RetrievalIndex, global_descriptor_dim  # noqa: E402
 
 
 def rss_bytes(kind: str = "VmRSS") -> int:
@@ -81,8 +81,8 @@ def bench_index(n: int, dim: int, n_queries: int, conf: dict, seed: int = 0) -> 
 # ---------------------------------------------------------------------------------------------------- map RAM
 def build_map_file(path: str, n_kf: int, n_kp: int, desc_dim: int, seed: int = 0) -> None:
     from agnostic_reloc.features.keypoints import Keypoints
-    from agnostic_reloc.keyframe import Keyframe
-    from agnostic_reloc.mapstore import KeyframeMap
+    from agnostic_reloc.map.store import KeyframeMap
+    from agnostic_reloc.types import Keyframe
 
     rng = np.random.default_rng(seed)
     g_dim = global_descriptor_dim(desc_dim)
@@ -112,9 +112,9 @@ def build_map_file(path: str, n_kf: int, n_kp: int, desc_dim: int, seed: int = 0
 
 def measure_map(path: str) -> dict:
     """Run in a fresh process: RSS before/after loading `path` with mmap and doing typical accesses."""
-    from agnostic_reloc.mapstore import KeyframeMap
-
     import gc
+
+    from agnostic_reloc.map.store import KeyframeMap
 
     gc.collect()
     anon0, file0 = rss_bytes("RssAnon"), rss_bytes("RssFile")

@@ -49,8 +49,8 @@ def main() -> int:
                     help="matcher modes to run")
     args = ap.parse_args()
 
+    from agnostic_reloc.tools.world_eval import MODES, evaluate_modes
     from agnostic_reloc.world import make_sequence
-    from agnostic_reloc.world_eval import MODES, evaluate_modes
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "world_difficulty.json")
@@ -60,7 +60,7 @@ def main() -> int:
         conf = {"keep_depth": False, "trajectory": {"frames_per_lap": args.frames_per_lap, **LEVELS[level]}}
         seq = make_sequence(seed=args.seed, profile="loop", conf=conf, progress=False)
         key = f"{level}+{args.ensemble}" if args.ensemble else str(level)
-        engine_conf = {"device": args.device, "ensemble_detector": args.ensemble}
+        engine_conf = {"device": args.device, "features": {"ensemble_detector": args.ensemble}}
         rep = evaluate_modes(seq, {m: MODES[m] for m in args.modes}, engine_conf=engine_conf,
                              out=os.path.join(args.out, f"level{key}"))
         results[key] = {"ensemble": args.ensemble, "conf": LEVELS[level], "seed": args.seed, "frames": len(seq.frames),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -9,10 +11,21 @@ import torch
 
 torch.set_num_threads(2)
 
+TEST_ROOT = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"ros": "ros", "orbslam3": "orbslam3"}  # test/<folder> -> marker of every test in it
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests by folder (test/ mirrors the package), so `-m "not ros"` or `-m orbslam3` select by need."""
+    for item in items:
+        folder = Path(item.fspath).resolve().relative_to(TEST_ROOT).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, FOLDER_MARKERS[folder]))
+
 
 @pytest.fixture(scope="session")
 def photos():
-    from agnostic_reloc.photos import PhotosMissing, list_photos
+    from agnostic_reloc.eval.photos import PhotosMissing, list_photos
 
     try:
         return list_photos()
@@ -23,7 +36,7 @@ def photos():
 @pytest.fixture(scope="session")
 def graf():
     """Oxford graf1, graf3 at 640x480 and the ground-truth homography between the resized images."""
-    from agnostic_reloc.photos import PhotosMissing, oxford_graf
+    from agnostic_reloc.eval.photos import PhotosMissing, oxford_graf
 
     try:
         img1, img3, H = oxford_graf()
@@ -45,6 +58,6 @@ def aliked():
 @pytest.fixture(scope="session")
 def hard_pairs(photos):
     """Eight hard synthetic homography pairs (fixed seed, difficulty >= 0.75) from real photos."""
-    from agnostic_reloc.homography_pairs import make_pairs
+    from agnostic_reloc.eval.homography_pairs import make_pairs
 
     return make_pairs(photos, 8, seed=123, conf={"difficulty_range": (0.75, 1.0)})

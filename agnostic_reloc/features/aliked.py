@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from kornia.feature import ALIKED
 
-from ..image import check_image, to_tensor
+from ..conf import merge_conf
+from ..io.image import check_image, to_tensor
 from ..weights import WeightsError, official_path
 from .keypoints import Keypoints
 
@@ -47,10 +48,7 @@ class AlikedExtractor:
     }
 
     def __init__(self, **conf) -> None:
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"unknown AlikedExtractor options: {sorted(unknown)}")
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, "AlikedExtractor options")
         if self.conf["model_name"] not in MODELS:
             raise ValueError(f"unknown ALIKED model '{self.conf['model_name']}'; choose from {MODELS}")
         if self.conf["sampling"] not in SAMPLING_MODES:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from agnostic_reloc.features.keypoints import Keypoints
-from agnostic_reloc.image import check_image
+from agnostic_reloc.io.image import check_image
 
 DETECTORS = ("orb", "orb-ss", "sift", "akaze", "gftt", "aliked", "disk")
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from kornia.feature import LightGlue
 
+from ..conf import merge_conf
 from ..features.aliked import resolve_device
 from ..weights import WeightsError, load_state_dict, official_path
 
@@ -147,10 +148,7 @@ class LightGlueMatcher:
     }
 
     def __init__(self, **conf) -> None:
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise ValueError(f"unknown LightGlueMatcher options: {sorted(unknown)}")
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, "LightGlueMatcher options")
         self.device = resolve_device(self.conf["device"])
         self.dtype = torch.float16 if (self.conf["half"] and self.device.type == "cuda") else torch.float32
         self.net = build_network(self.conf["features"], self.conf["weights"]).to(self.device, self.dtype)

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..camera import CameraModel
 from ..features.keypoints import Keypoints
 from ..geometry import invert_T, rotation_angle_deg
+from ..io.camera import CameraModel
 from .settings import write_settings
 
 logger = logging.getLogger(__name__)
@@ -341,7 +341,7 @@ class OrbSlam3Bridge:
 
     def summary(self) -> dict:
         """Pairing and octave statistics, latency and map bookkeeping of the run so far."""
-        from ..metrics import percentiles
+        from ..eval.metrics import percentiles
 
         s = self.stats
         return {"maps": self.epoch + 1, "anchored_maps": sorted(self.anchors), "map_changes": len(self.map_changes),

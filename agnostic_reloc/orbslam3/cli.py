@@ -60,12 +60,13 @@ def _bridge_args(p) -> None:
 
 
 def _confs(args) -> tuple[dict, dict]:
-    from ..replay import load_node_config
+    from ..conf import deep_update
+    from ..io.params import load_node_config
 
     engine_conf = load_node_config(args.config)[0] if args.config else {}
-    for key in ("matcher", "device"):
-        if getattr(args, key):
-            engine_conf[key] = getattr(args, key)
+    engine_conf = deep_update(engine_conf, {"device": args.device} if args.device else {})
+    if args.matcher:
+        engine_conf = deep_update(engine_conf, {"matcher": {"name": args.matcher}})
     bridge_conf = {"vocabulary": args.vocabulary, "sensor": args.sensor, "kf_max_dist": args.kf_max_dist,
                    "kf_max_angle_deg": args.kf_max_angle, "kf_max_gap": args.kf_max_gap}
     return bridge_conf, engine_conf
@@ -94,22 +95,19 @@ def cmd_vocabulary(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from ..bagio import BagError
+    from ..io.bags import BagError
     from .bridge import BridgeError
     from .source import SourceError
 
-    if args.ros is not None:
-        from ..ros.orbslam3_node import main as node_main
-
-        return int(node_main(["orbslam3_bridge", *args.ros]) or 0)
     if not args.source or not args.out:
         raise ValueError("orbslam3-bridge needs SOURCE and --out (or --ros for the ROS 2 node)")
-    from ..replay import _check_out, _clean, dump_json, evaluate_run, run_results
+    from ..eval.runs import evaluate_run
+    from ..io.results import check_out_dir, dump_json, run_results, to_jsonable
     from .offline import run_bridge
 
     bridge_conf, engine_conf = _confs(args)
     out = Path(args.out)
-    _check_out(out)
+    check_out_dir(out)
     try:
         run = run_bridge(args.source, out, bridge_conf, engine_conf, not args.no_engine, out / "bag", args.storage,
                          args.max_frames)
@@ -126,7 +124,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         if run.gt:
             res["metrics"], _ = evaluate_run(run.result, run.gt)
         res["bridge"] = b
-        (out / "results.json").write_text(dump_json(_clean(res)))
+        (out / "results.json").write_text(dump_json(to_jsonable(res)))
         print(f"our engine: {len(run.result.loops)} loops, "
               f"{sum(r.success for r in run.result.relocalizations)}/{len(run.result.relocalizations)} "
               f"relocalized -> {out / 'results.json'}")
@@ -135,7 +133,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..bagio import BagError
+    from ..io.bags import BagError
     from .bridge import BridgeError
     from .compare import compare, table_markdown
     from .source import SourceError

@@ -104,8 +104,8 @@ def evaluate_kidnapped(run: OfflineRun, T_world_map: np.ndarray | None) -> dict:
 
 def orbslam3_keyframe_ate(run: OfflineRun) -> dict:
     """ATE (evo, rigid alignment) of ORB-SLAM3's own final keyframe trajectory (its current map only)."""
-    from ..posegraph import ate_rpe
-    from ..replay import align_gt, load_tum
+    from ..io.tum import align_gt, load_tum
+    from ..loop.posegraph import ate_rpe
 
     path = run.files.get("keyframes_tum")
     if not path or not Path(path).is_file() or Path(path).stat().st_size == 0:
@@ -121,7 +121,8 @@ def orbslam3_keyframe_ate(run: OfflineRun) -> dict:
 
 def evaluate_run_pair(run: OfflineRun) -> dict:
     """All metrics of one run, both systems."""
-    from ..replay import evaluate_run, run_results
+    from ..eval.runs import evaluate_run
+    from ..io.results import run_results
 
     T_world_map = align_first_map(run)
     out = {"kidnapped": evaluate_kidnapped(run, T_world_map),
@@ -228,12 +229,12 @@ def compare(source: str | os.PathLike, out: str | os.PathLike, runs: int = 3, br
             progress: bool = True) -> dict:
     """Run the comparison; writes DIR/compare.json, DIR/report.md, DIR/compare.png and per run DIR/run_<k>/
     (ORB-SLAM3 settings, log, keyframe trajectory, our results.json, and the bridge's bag with keep_bags)."""
-    from ..replay import _check_out, dump_json, _clean
+    from ..io.results import check_out_dir, dump_json, to_jsonable
 
     if runs < 1:
         raise ValueError(f"--runs must be at least 1, got {runs}")
     out = Path(out)
-    _check_out(out)
+    check_out_dir(out)
     src = FrameSource(source)
     if not src.has_gt:
         raise ValueError(f"{source} has no ground truth (/ground_truth/pose): the comparison needs it")
@@ -249,14 +250,14 @@ def compare(source: str | os.PathLike, out: str | os.PathLike, runs: int = 3, br
         run = run_bridge(src, d, bridge_conf, engine_conf, True, bag, max_frames=max_frames, progress=progress)
         ev = evaluate_run_pair(run)
         if "results" in ev:
-            (d / "results.json").write_text(dump_json(_clean(ev.pop("results"))))
+            (d / "results.json").write_text(dump_json(to_jsonable(ev.pop("results"))))
         per_run.append(ev)
-        logger.info("run %d: %s", k, json.dumps(_clean(ev.get("kidnapped")))[:200])
+        logger.info("run %d: %s", k, json.dumps(to_jsonable(ev.get("kidnapped")))[:200])
     summary = summarize(per_run)
     info = {"source": str(source), "frames": src.n_frames, "sensor": "rgbd" if src.has_depth else "monocular",
             "vocabulary": per_run and run.bridge["vocabulary"], "runs": runs, "wall_s": time.perf_counter() - t0}
     result = {"info": info, "summary": summary, "runs": per_run}
-    (out / "compare.json").write_text(dump_json(_clean(result)))
+    (out / "compare.json").write_text(dump_json(to_jsonable(result)))
     plot_compare(per_run, out / "compare.png")
     voc = info["vocabulary"] or {}
     text = ["# ORB-SLAM3 alone vs ORB-SLAM3 + agnostic_reloc\n",
@@ -267,4 +268,4 @@ def compare(source: str | os.PathLike, out: str | os.PathLike, runs: int = 3, br
             table_markdown(summary), "", "![kidnapped-frame relocalization](compare.png)", "",
             "Per-run details, ORB-SLAM3's logs and our results.json: `run_<k>/`."]
     (out / "report.md").write_text("\n".join(text) + "\n")
-    return _clean(result)
+    return to_jsonable(result)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bagio import BagMessage, BagWriter, frame_messages
-from ..engine import Engine
-from ..replay import BagEvents, resolve_topics
-from ..runner import QueryEvent, RunResult, step
+from ..io.bag_events import BagEvents
+from ..io.bags import BagMessage, BagWriter, frame_messages
+from ..io.params import resolve_topics
+from ..loop.engine import Engine
+from ..loop.runner import step
+from ..types import QueryEvent, RunResult
 from .bridge import OrbSlam3Bridge
 from .source import FrameSource
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..camera import CameraModel
+from ..io.camera import CameraModel
 
 default_conf = {
     "n_features": 1000,  # ORBextractor.nFeatures (ORB-SLAM3's keypoints per frame)

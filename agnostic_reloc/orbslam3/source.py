@@ -18,8 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..camera import CameraModel
-from ..contract import DEPTH_SCALE, ContractError, TrackingState, decode_image, seconds_to_ns
+from ..io.camera import CameraModel
+from ..io.contract import DEPTH_SCALE, ContractError, TrackingState, decode_image, seconds_to_ns
 
 
 @dataclass
@@ -77,7 +77,7 @@ class FrameSource:
         self.has_gt = True
 
     def _iter_sequence(self) -> Iterator[RawFrame]:
-        from ..image import load_image
+        from ..io.image import load_image
 
         for m in self._frames:
             depth = None
@@ -91,7 +91,9 @@ class FrameSource:
 
     # ------------------------------------------------------------------ bags
     def _open_bag(self, topics: dict[str, str]) -> None:
-        from ..bagio import CONTRACT_TOPICS, BagError, BagReader, msg_to_camera
+        from ..io.bags import BagError, BagReader
+        from ..io.contract import CONTRACT_TOPICS
+        from ..io.messages import msg_to_camera
 
         self.topics = {r: topics.get(r, CONTRACT_TOPICS[r])
                        for r in ("image", "camera_info", "depth", "ground_truth", "tracking_state")}
@@ -119,7 +121,8 @@ class FrameSource:
             raise SourceError(f"{self.path}: no readable CameraInfo on {self.topics['camera_info']}")
 
     def _iter_bag(self) -> Iterator[RawFrame]:
-        from ..bagio import BagReader, header_ns, msg_to_T, msg_to_image
+        from ..io.bags import BagReader
+        from ..io.messages import header_ns, msg_to_image, msg_to_T
 
         role_of = {t: r for r, t in self.topics.items()}
         pending: OrderedDict[int, dict] = OrderedDict()  # stamp -> parts, emitted once 2 newer images arrived

@@ -56,8 +56,8 @@ def orb_features(path: str | os.PathLike, n_features: int = 2000) -> np.ndarray:
     rBRIEF descriptors at them from `orb_descriptors`. ValueError if the file is missing or unreadable.
     """
     from agnostic_reloc.features.detectors import detect
-    from agnostic_reloc.image import load_image
-    from agnostic_reloc.matching.nn import orb_descriptors
+    from agnostic_reloc.io.image import load_image
+    from agnostic_reloc.matching.hamming import orb_descriptors
 
     image = load_image(path)
     desc, valid = orb_descriptors(image, detect(image, "orb", n_features))
@@ -352,7 +352,7 @@ def vocabulary_images() -> list[Path]:
     Unlike `list_photos`, nothing is filtered out: drawings and the chessboard series add descriptors too.
     Raises PhotosMissing if the folder is absent or holds no image file.
     """
-    from agnostic_reloc.photos import IMAGE_SUFFIXES, PhotosMissing, photo_dir
+    from agnostic_reloc.eval.photos import IMAGE_SUFFIXES, PhotosMissing, photo_dir
 
     folder = photo_dir()
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),

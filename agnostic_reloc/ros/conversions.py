@@ -1,6 +1,7 @@
-"""rclpy message objects <-> the contract's plain types (`contract.Cloud`, `contract.ImageData`, 4x4 poses).
+"""The contract's plain types (`contract.Cloud`, `contract.ImageData`, 4x4 poses) -> rclpy message objects.
 
-All decoding and validation lives in `agnostic_reloc.contract`; these functions only copy fields.
+The readers (message -> plain types) are `io.messages`, shared with the bag tools; all decoding and
+validation lives in `io.contract`; these functions only copy fields.
 """
 
 from __future__ import annotations
@@ -11,23 +12,13 @@ from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from ..camera import CameraModel
-from ..contract import Cloud, CloudField, ImageData, T_to_pose, covariance_to_ros, pose_to_T, split_stamp, stamp_ns
+from ..io.camera import CameraModel
+from ..io.contract import Cloud, ImageData, T_to_pose, covariance_to_ros, split_stamp
 
 
 def make_header(stamp_ns_: int, frame_id: str) -> Header:
     sec, nsec = split_stamp(stamp_ns_)
     return Header(stamp=Time(sec=sec, nanosec=nsec), frame_id=frame_id)
-
-
-def header_ns(header: Header) -> int:
-    return stamp_ns(header.stamp.sec, header.stamp.nanosec)
-
-
-def msg_to_cloud(msg: PointCloud2) -> Cloud:
-    fields = [CloudField(f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields]
-    return Cloud(fields, int(msg.point_step), int(msg.width), int(msg.height), bytes(msg.data),
-                 bool(msg.is_bigendian), int(msg.row_step), bool(msg.is_dense))
 
 
 def cloud_to_msg(cloud: Cloud, header: Header) -> PointCloud2:
@@ -38,22 +29,11 @@ def cloud_to_msg(cloud: Cloud, header: Header) -> PointCloud2:
     return msg
 
 
-def msg_to_image(msg: Image) -> ImageData:
-    return ImageData(msg.encoding, int(msg.height), int(msg.width), int(msg.step), bytes(msg.data),
-                     bool(msg.is_bigendian))
-
-
 def image_to_msg(image: ImageData, header: Header) -> Image:
     msg = Image(header=header, height=image.height, width=image.width, encoding=image.encoding,
                 is_bigendian=int(image.is_bigendian), step=image.step)
     msg.data = image.data
     return msg
-
-
-def pose_msg_to_T(pose: Pose) -> np.ndarray:
-    """geometry_msgs/Pose -> 4x4 (ContractError for NaN or a non-unit quaternion)."""
-    p, q = pose.position, pose.orientation
-    return pose_to_T((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
 
 def fill_pose(pose: Pose, T: np.ndarray) -> Pose:
@@ -75,11 +55,6 @@ def pose_with_covariance(T: np.ndarray, covariance: np.ndarray | None, header: H
     fill_pose(msg.pose.pose, T)
     msg.pose.covariance = covariance_to_ros(covariance)
     return msg
-
-
-def msg_to_camera(msg: CameraInfo) -> CameraModel:
-    return CameraModel.from_camera_info(list(msg.k), list(msg.d), msg.distortion_model, int(msg.width),
-                                        int(msg.height))
 
 
 def camera_info_msg(camera: CameraModel, stamp_ns_: int, frame_id: str) -> CameraInfo:

@@ -24,6 +24,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -32,17 +33,24 @@ from std_msgs.msg import ColorRGBA, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..contract import (INPUT_TOPICS, OUTPUT_TOPICS, ContractError, encode_image, encode_matches,
-                        keyframe_frame_id, seconds_to_ns)
-from ..engine import Engine, LoopClosure, Relocalization
-from ..events import EventAssembler
-from ..keyframe import Keyframe
-from ..mapstore import KeyframeMap, MapFormatError
-from ..node_params import ENGINE_DESCRIPTIONS, NODE_NAME, NODE_PARAMS, engine_conf, engine_param_defaults
-from ..runner import KeyframeEvent, QueryEvent
-from ..sync import StampSync
-from ..viz import render_matches
-from ..worker import EngineWorker
+from ..eval.viz import render_matches
+from ..io.contract import (
+    INPUT_TOPICS,
+    OUTPUT_TOPICS,
+    ContractError,
+    encode_image,
+    encode_matches,
+    keyframe_frame_id,
+    seconds_to_ns,
+)
+from ..io.events import EventAssembler
+from ..io.messages import header_ns, msg_pose_to_T, msg_to_camera, msg_to_cloud, msg_to_image
+from ..io.params import NODE_NAME, engine_conf, legacy_param_names, param_table
+from ..io.sync import StampSync
+from ..loop.engine import Engine
+from ..loop.worker import EngineWorker
+from ..map.store import KeyframeMap, MapFormatError
+from ..types import Keyframe, KeyframeEvent, LoopClosure, QueryEvent, Relocalization
 from . import conversions as cv
 from .node_tools import InputGuard, param_descriptor
 
@@ -79,16 +87,18 @@ class RelocNode(Node):
                                    self._on_keyframe, self._on_worker_error, int(self.p["query_queue_size"]))
         self._make_io()
         self.get_logger().info(f"ready: map has {len(self.engine.map)} keyframes, matcher "
-                               f"{self.engine.conf['matcher']}")
+                               f"{self.engine.conf['matcher']['name']}")
 
     # ------------------------------------------------------------------ parameters
     def _declare(self) -> dict:
         out = {}
-        for name, (value, text, rng) in NODE_PARAMS.items():
+        for name, (value, text, rng) in param_table().items():
             out[name] = self.declare_parameter(name, value, param_descriptor(name, value, text, rng)).value
-        for name, value in engine_param_defaults().items():
-            text, rng = ENGINE_DESCRIPTIONS[name[len("engine."):]]
-            out[name] = self.declare_parameter(name, value, param_descriptor(name, value, text, rng)).value
+        for old, new in legacy_param_names().items():  # flat names of earlier releases, read for one release
+            d = ParameterDescriptor(name=old, description=f"deprecated: use {new}", dynamic_typing=True)
+            value = self.declare_parameter(old, None, d).value
+            if value is not None:
+                out[old] = value
         return out
 
     def _load_map(self) -> KeyframeMap | None:
@@ -172,7 +182,7 @@ class RelocNode(Node):
                 routes.setdefault(topic, [t, qos, []])[2].append((sync, i))
         for topic, (t, qos, targets) in routes.items():
             def cb(msg, targets=targets):
-                ns = cv.header_ns(msg.header)
+                ns = header_ns(msg)
                 for sync, i in targets:
                     sync.add(i, ns, msg)
             self.create_subscription(t, topic, cb, qos)
@@ -182,7 +192,7 @@ class RelocNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            cam = cv.msg_to_camera(msg)
+            cam = msg_to_camera(msg)
         except ContractError as exc:
             self.guard.reject("camera_info", str(exc))
             return
@@ -206,10 +216,10 @@ class RelocNode(Node):
             self._await_camera.append((cloud_msg, pose_msg, image_msg))
             self.guard.warn("camera_info", "keyframes wait for the first CameraInfo")
             return
-        ns = cv.header_ns(cloud_msg.header)
+        ns = header_ns(cloud_msg)
         try:
-            T = cv.pose_msg_to_T(pose_msg.pose)
-            ev = self.assembler.keyframe(ns, cv.msg_to_cloud(cloud_msg), T, cv.msg_to_image(image_msg))
+            T = msg_pose_to_T(pose_msg.pose)
+            ev = self.assembler.keyframe(ns, msg_to_cloud(cloud_msg), T, msg_to_image(image_msg))
         except ContractError as exc:
             self.guard.reject("keyframe", str(exc))
             return
@@ -222,15 +232,15 @@ class RelocNode(Node):
     def _on_frame_set(self, cloud_msg: PointCloud2, image_msg: Image) -> None:
         if self.assembler.state.tracking:
             return
-        self._query(cv.header_ns(cloud_msg.header), image_msg, cloud_msg)
+        self._query(header_ns(cloud_msg), image_msg, cloud_msg)
 
     def _on_query_image(self, msg: Image) -> None:
-        self._query(cv.header_ns(msg.header), msg, None)
+        self._query(header_ns(msg), msg, None)
 
     def _query(self, ns: int, image_msg: Image, cloud_msg: PointCloud2 | None) -> None:
         try:
-            ev = self.assembler.query(ns, cv.msg_to_image(image_msg),
-                                      None if cloud_msg is None else cv.msg_to_cloud(cloud_msg))
+            ev = self.assembler.query(ns, msg_to_image(image_msg),
+                                      None if cloud_msg is None else msg_to_cloud(cloud_msg))
         except ContractError as exc:
             self.guard.reject("query", str(exc))
             return

@@ -47,13 +47,21 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 
-from ..camera import CameraModel
-from ..contract import (DEPTH_TOPIC, INPUT_TOPICS, MAP_FRAME, OUTPUT_TOPICS, ContractError, decode_image,
-                        encode_keypoints)
+from ..io.camera import CameraModel
+from ..io.contract import (
+    DEPTH_TOPIC,
+    INPUT_TOPICS,
+    MAP_FRAME,
+    OUTPUT_TOPICS,
+    ContractError,
+    decode_image,
+    encode_keypoints,
+)
+from ..io.messages import header_ns, msg_pose_to_T, msg_to_camera, msg_to_image
+from ..io.sync import StampSync
 from ..orbslam3.bridge import SENSORS, BridgeError, OrbSlam3Bridge, import_pyorbslam3
 from ..orbslam3.bridge import default_conf as bridge_defaults
 from ..orbslam3.settings import default_conf as settings_defaults
-from ..sync import StampSync
 from . import conversions as cv
 from .node_tools import InputGuard, param_descriptor
 
@@ -162,8 +170,8 @@ class OrbSlam3BridgeNode(Node):
 
     def _resolve_vocabulary(self) -> Path:
         """The vocabulary file, validated now (the bridge only reads it once a camera is known)."""
+        from ..eval.photos import PhotosMissing
         from ..orbslam3.vocabulary import default_vocabulary, read_vocabulary_header
-        from ..photos import PhotosMissing
 
         path = self.p["vocabulary"]
         if not path:
@@ -218,11 +226,11 @@ class OrbSlam3BridgeNode(Node):
 
         def image_cb(msg: Image) -> None:
             self._on_image(msg)
-            self._sync.add(0, cv.header_ns(msg.header), msg)
+            self._sync.add(0, header_ns(msg), msg)
 
         def depth_cb(msg: Image) -> None:
             self._on_depth(msg)
-            self._sync.add(1, cv.header_ns(msg.header), msg)
+            self._sync.add(1, header_ns(msg), msg)
 
         self.create_subscription(Image, INPUT_TOPICS["image"], image_cb, qos)
         self.create_subscription(Image, DEPTH_TOPIC, depth_cb, qos)
@@ -233,7 +241,7 @@ class OrbSlam3BridgeNode(Node):
     # ------------------------------------------------------------------ input callbacks (executor thread)
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            cam = cv.msg_to_camera(msg)
+            cam = msg_to_camera(msg)
         except ContractError as exc:
             self.guard.reject("camera_info", str(exc))
             return
@@ -256,7 +264,7 @@ class OrbSlam3BridgeNode(Node):
         if not self.rgbd:
             self._queue_frame(msg, None)
             return
-        self._await_depth[cv.header_ns(msg.header)] = None
+        self._await_depth[header_ns(msg)] = None
         while len(self._await_depth) > SYNC_QUEUE:
             ns, _ = self._await_depth.popitem(last=False)
             self.guard.reject("depth_missing", f"no depth image with the stamp {ns} ns arrived on {DEPTH_TOPIC} (RGB-D pairs "
@@ -272,17 +280,17 @@ class OrbSlam3BridgeNode(Node):
     def _on_pair(self, image_msg: Image, depth_msg: Image) -> None:
         if not self.rgbd:
             return
-        self._await_depth.pop(cv.header_ns(image_msg.header), None)
+        self._await_depth.pop(header_ns(image_msg), None)
         self._queue_frame(image_msg, depth_msg)
 
     def _queue_frame(self, image_msg: Image, depth_msg: Image | None) -> None:
-        ns = cv.header_ns(image_msg.header)
+        ns = header_ns(image_msg)
         cam = self.camera
         if cam is None:
             self.guard.reject("not_started", "no CameraInfo received yet")
             return
         try:
-            rgb = decode_image(cv.msg_to_image(image_msg))
+            rgb = decode_image(msg_to_image(image_msg))
             h, w = rgb.shape[:2]
             if (w, h) != (cam.width, cam.height):
                 raise ContractError(f"image is {w}x{h} but CameraInfo says {cam.width}x{cam.height}")
@@ -292,7 +300,7 @@ class OrbSlam3BridgeNode(Node):
         depth = None
         if depth_msg is not None:
             try:
-                depth = decode_depth(cv.msg_to_image(depth_msg))
+                depth = decode_depth(msg_to_image(depth_msg))
                 if depth.shape != (h, w):
                     raise ContractError(f"depth image is {depth.shape[1]}x{depth.shape[0]} but the image is {w}x{h}")
             except ContractError as exc:
@@ -311,7 +319,7 @@ class OrbSlam3BridgeNode(Node):
 
     def _on_relocalization(self, msg: PoseWithCovarianceStamped) -> None:
         try:
-            T = cv.pose_msg_to_T(msg.pose.pose)
+            T = msg_pose_to_T(msg.pose.pose)
         except ContractError as exc:
             self.guard.reject("relocalization", str(exc))
             return
@@ -319,7 +327,7 @@ class OrbSlam3BridgeNode(Node):
             self.guard.reject("relocalization", f"frame_id '{msg.header.frame_id}', expected '{MAP_FRAME}'")
             return
         with self._cond:
-            self._answers.append((cv.header_ns(msg.header), T))
+            self._answers.append((header_ns(msg), T))
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ worker thread

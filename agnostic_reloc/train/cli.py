@@ -11,7 +11,7 @@ logger = logging.getLogger("agnostic_reloc.train")
 def add_train_parser(subparsers) -> None:
     """`agnostic-reloc train CONFIG [--out DIR] [--resume]` (also works under torchrun)."""
     p = subparsers.add_parser("train", help="fine-tune LightGlue to be detector-agnostic (YAML config)")
-    p.add_argument("config", help="YAML training config (see configs/train/)")
+    p.add_argument("config", help="YAML training config (see config/train/)")
     p.add_argument("--out", default=None, help="output folder (default: outputs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pth")
     p.add_argument("--export", default=None, help="after training, write float16 weights here (+ .sha256)")
@@ -65,8 +65,8 @@ def add_evaluate_parser(subparsers) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..homography_pairs import make_pairs
-    from ..photos import list_photos
+    from ..eval.homography_pairs import make_pairs
+    from ..eval.photos import list_photos
     from .data import DEFAULT_HOLDOUT, select_photos
     from .evaluate import evaluate_matcher, world_posed_pairs
 

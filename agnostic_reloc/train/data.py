@@ -25,10 +25,11 @@ import cv2
 import numpy as np
 import torch
 
+from ..conf import merge_conf
 from ..features.detectors import DETECTORS, detect
 from ..features.keypoints import Keypoints
 from ..features.suppression import suppress
-from ..image import load_image
+from ..io.image import load_image
 from . import groundtruth
 
 logger = logging.getLogger("agnostic_reloc.train")
@@ -84,10 +85,7 @@ class KeypointSampler:
     """Keypoints from a configurable detector mix, radius-NMS'd, and frozen-ALIKED descriptors at them."""
 
     def __init__(self, conf: dict | None = None) -> None:
-        unknown = set(conf or {}) - set(default_keypoint_conf)
-        if unknown:
-            raise ValueError(f"unknown keypoints options {sorted(unknown)}; known: {sorted(default_keypoint_conf)}")
-        self.conf = {**default_keypoint_conf, **(conf or {})}
+        self.conf = merge_conf(default_keypoint_conf, conf, "keypoints options")
         self.names, self.weights = _detector_weights(self.conf["detectors"])
         if self.conf["mode"] not in ("per_sample", "ensemble"):
             raise ValueError(f"keypoints.mode must be per_sample or ensemble, got {self.conf['mode']!r}")
@@ -161,10 +159,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, conf: dict | None, keypoint_conf: dict | None, extra_defaults: dict) -> None:
         defaults = {**default_data_conf, **extra_defaults}
-        unknown = set(conf or {}) - set(defaults)
-        if unknown:
-            raise ValueError(f"unknown {type(self).__name__} options {sorted(unknown)}; known: {sorted(defaults)}")
-        self.conf = {**defaults, **(conf or {})}
+        self.conf = merge_conf(defaults, conf, f"{type(self).__name__} options")
         self.sampler = KeypointSampler(keypoint_conf)
         self.epoch = 0
         self.skipped: dict[str, int] = {}  # reason kind -> count (this process only; collate counts per batch)
@@ -262,7 +257,7 @@ class HomographyDataset(PairDataset):
     def __init__(self, photos: list | None = None, conf: dict | None = None, keypoint_conf: dict | None = None):
         super().__init__(conf, keypoint_conf, self.extra_defaults)
         if photos is None:
-            from ..photos import list_photos
+            from ..eval.photos import list_photos
 
             photos = list_photos()
         self.photos = select_photos(photos, self.conf["holdout"], self.conf["split"])
@@ -275,7 +270,7 @@ class HomographyDataset(PairDataset):
         return int(self.conf["n_pairs"])
 
     def load(self, index: int) -> dict:
-        from ..homography_pairs import make_pair
+        from ..eval.homography_pairs import make_pair
 
         j = index % len(self.photos)
         if j not in self._images:
@@ -481,7 +476,7 @@ def build_dataset(conf: dict, photos: list | None = None) -> PairDataset:
     if name == "homography":
         listed = conf.pop("photos", None)  # optional: folders or files of photos (default: list_photos())
         if photos is None and listed:
-            from ..photos import IMAGE_SUFFIXES
+            from ..eval.photos import IMAGE_SUFFIXES
 
             photos = []
             for entry in ([listed] if isinstance(listed, str) else listed):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..eval.metrics import homography_corner_error, pose_auc, relative_pose_error
 from ..geometry import estimate_essential, estimate_homography
-from ..metrics import homography_corner_error, pose_auc, relative_pose_error
 from .data import KeypointSampler
 
 logger = logging.getLogger("agnostic_reloc.train")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..homography_pairs import warp_points
+from ..eval.homography_pairs import warp_points
 
 UNMATCHED = -1
 IGNORE = -2

@@ -11,7 +11,6 @@ gradients (gloo on CPU, nccl on CUDA); only rank 0 writes checkpoints and Tensor
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..conf import merge_conf
 from ..matching.lightglue import build_network
 from . import losses as losses_mod
 from .data import build_dataset, collate
@@ -61,24 +61,6 @@ default_conf = {
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN / inf; training stopped and the last good checkpoint was kept."""
-
-
-def merge_conf(defaults: dict, conf: dict | None) -> dict:
-    """Trainer conf = defaults updated by `conf`; unknown keys of the top level, `model` and `train` raise
-    (the `data` and `loss` sections are checked by the dataset and the loss)."""
-    conf = dict(conf or {})
-    unknown = set(conf) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown trainer conf keys {sorted(unknown)}; known: {sorted(defaults)}")
-    out = copy.deepcopy(defaults)
-    for section in ("model", "train"):
-        bad = set(conf.get(section) or {}) - set(defaults[section])
-        if bad:
-            raise ValueError(f"unknown keys {sorted(bad)} in '{section}'; known: {sorted(defaults[section])}")
-        out[section].update(copy.deepcopy(conf.pop(section, None) or {}))
-    out["data"].update(copy.deepcopy(conf.pop("data", None) or {}))
-    out.update(copy.deepcopy(conf))
-    return out
 
 
 class TrainModel(torch.nn.Module):
@@ -152,7 +134,9 @@ def train(conf: dict, out_dir: str | os.PathLike, photos: list | None = None) ->
     conf: see `default_conf` (a YAML file loaded as a dict). out_dir: checkpoints (checkpoint_XXXXXX.pth,
     checkpoint_last.pth), TensorBoard logs (tb/) and the resolved config.yaml.
     """
-    conf = merge_conf(default_conf, conf)
+    conf = dict(conf or {})
+    data = {**default_conf["data"], **(conf.pop("data", None) or {})}  # the rest is checked by build_dataset
+    conf = {**merge_conf(default_conf, conf, "trainer conf keys", free=("loss",)), "data": data}  # loss: losses.py
     tc = conf["train"]
     out_dir = Path(out_dir)
     rank, world, local_rank = _dist_info()

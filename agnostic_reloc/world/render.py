@@ -177,12 +177,3 @@ def render(scene: Scene, T_world_cam: np.ndarray, K: np.ndarray, size: tuple[int
         np.copyto(zbuf, z, where=mask)
         plane_id[y0:y1 + 1, x0:x1 + 1][mask] = plane.id
     return apply_lighting(image, lighting), depth, plane_id
-
-
-def backproject(uv: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Camera-frame points [N x 3] (m) of pixels uv [N x 2] at z-depths [N] (m)."""
-    uv = np.asarray(uv, np.float64).reshape(-1, 2)
-    z = np.asarray(depth, np.float64).reshape(-1)
-    Ki = np.linalg.inv(np.asarray(K, np.float64))
-    rays = np.column_stack([uv, np.ones(len(uv))]) @ Ki.T
-    return rays * z[:, None]

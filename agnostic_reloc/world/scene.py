@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from agnostic_reloc.image import load_image
-from agnostic_reloc.photos import list_photos, photo_dir
+from agnostic_reloc.conf import merge_conf
+from agnostic_reloc.eval.photos import list_photos, photo_dir
+from agnostic_reloc.io.image import load_image
 
 default_conf = {
     "length": 8.0,  # room extent along world x (m)
@@ -139,16 +140,6 @@ class Scene:
         return True
 
 
-def merge_conf(defaults: dict, conf: dict | None, name: str) -> dict:
-    """defaults updated with conf; ValueError naming unknown keys."""
-    out = dict(defaults)
-    for key, value in (conf or {}).items():
-        if key not in defaults:
-            raise ValueError(f"unknown {name} conf key '{key}'; known keys: {', '.join(defaults)}")
-        out[key] = value
-    return out
-
-
 def photo_family(name: str) -> str:
     """Group key of near-duplicate photos (stereo pairs, series): aero1/aero3 -> 'aero', left/right -> 'leftright'."""
     stem = name.rsplit(".", 1)[0]
@@ -245,7 +236,7 @@ PALETTES = {
 
 def make_scene(seed: int = 0, conf: dict | None = None) -> Scene:
     """Build the room deterministically from `seed` (raises PhotosMissing without the photo folder)."""
-    c = merge_conf(default_conf, conf, "scene")
+    c = merge_conf(default_conf, conf, "scene conf keys")
     if c["n_alias"] < 0:
         raise ValueError(f"n_alias must be >= 0, got {c['n_alias']}")
     if min(c["length"], c["width"], c["height"]) <= 0:

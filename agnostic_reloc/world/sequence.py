@@ -14,7 +14,6 @@ Folder layout written by `save_sequence`:
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -25,14 +24,15 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from agnostic_reloc.conf import merge_conf
 from agnostic_reloc.features.detectors import detect
 from agnostic_reloc.features.keypoints import Keypoints
 from agnostic_reloc.geometry import rotation_angle_deg
-from agnostic_reloc.image import load_image
-from agnostic_reloc.world.render import default_K, render
+from agnostic_reloc.io.image import load_image
 from agnostic_reloc.world import scene as scene_mod
 from agnostic_reloc.world import slam as slam_mod
 from agnostic_reloc.world import trajectory as traj_mod
+from agnostic_reloc.world.render import default_K, render
 
 TRACKING_STATES = ("OK", "LOST", "NOT_INITIALIZED")
 
@@ -113,8 +113,8 @@ class Sequence:
         return self.frames[i].T_world_cam.copy()
 
     def to_keyframe(self, frame: Frame, id: int | None = None):
-        """agnostic_reloc.keyframe.Keyframe of a tracked frame (id defaults to the frame index)."""
-        from agnostic_reloc.keyframe import Keyframe
+        """agnostic_reloc.types.Keyframe of a tracked frame (id defaults to the frame index)."""
+        from agnostic_reloc.types import Keyframe
         if frame.T_map_cam is None:
             raise ValueError(f"frame {frame.index} has no SLAM pose (tracking {frame.tracking_state})")
         return Keyframe(id=frame.index if id is None else int(id), stamp=frame.stamp, keypoints=frame.keypoints,
@@ -147,16 +147,15 @@ def gt_revisits(seq: Sequence, max_dist: float = 1.0, max_angle_deg: float = 20.
 
 def expand_conf(conf: dict | None) -> dict:
     """default_conf deep-updated with conf (one level of nesting); ValueError naming unknown keys."""
-    out = copy.deepcopy(default_conf)
+    out = merge_conf(default_conf, {k: v for k, v in (conf or {}).items() if not isinstance(default_conf.get(k), dict)},
+                     "sequence conf keys")
     for key, value in (conf or {}).items():
-        if key not in out:
-            raise ValueError(f"unknown sequence conf key '{key}'; known keys: {', '.join(out)}")
-        if isinstance(out[key], dict):
+        if isinstance(default_conf[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"sequence conf '{key}' must be a dict, got {type(value).__name__}")
-            out[key] = scene_mod.merge_conf(out[key], value, key)
-        else:
-            out[key] = value
+            # a lighting dict inside a section is replaced whole, as the world's functions expect
+            out[key] = merge_conf(default_conf[key], value, f"{key} conf keys",
+                                  free=[k for k, v in default_conf[key].items() if isinstance(v, dict)])
     return out
 
 

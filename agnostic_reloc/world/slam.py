@@ -17,7 +17,8 @@ import numpy as np
 
 from agnostic_reloc.features.keypoints import Keypoints
 from agnostic_reloc.geometry import so3_exp
-from agnostic_reloc.world.scene import Scene, merge_conf
+from agnostic_reloc.conf import merge_conf
+from agnostic_reloc.world.scene import Scene
 
 default_conf = {
     "max_keypoints": 1000,  # ORB keypoints per frame (ORB-SLAM3's nFeatures)
@@ -42,7 +43,7 @@ def drift_transforms(T_world_cam: np.ndarray, tracked: np.ndarray, seed: int, co
     Args:
         T_world_cam: [F x 4 x 4] ground-truth poses; tracked: [F] bool.
     """
-    c = merge_conf(default_conf, conf, "slam")
+    c = merge_conf(default_conf, conf, "slam conf keys")
     rng = np.random.default_rng([seed, 23])
     sign = rng.choice([-1.0, 1.0])
     phase = rng.uniform(0, 2 * np.pi, 4)
@@ -77,7 +78,7 @@ def select_keyframes(T_map_cam: list, conf: dict | None = None) -> np.ndarray:
     The first tracked frame after a loss is a keyframe; then a keyframe every `kf_max_gap` tracked frames
     or earlier when the motion since the last keyframe exceeds `kf_max_dist` / `kf_max_angle_deg`.
     """
-    c = merge_conf(default_conf, conf, "slam")
+    c = merge_conf(default_conf, conf, "slam conf keys")
     flags = np.zeros(len(T_map_cam), bool)
     last, since = None, 0
     for i, T in enumerate(T_map_cam):
@@ -110,7 +111,7 @@ def map_points_for_keyframe(scene: Scene, keypoints: Keypoints, depth: np.ndarra
         map_point_ids [N] int64, -1 where none (unique within the keyframe);
         outlier [N] bool, map point deliberately wrong (`outlier_ratio`).
     """
-    c = merge_conf(default_conf, conf, "slam")
+    c = merge_conf(default_conf, conf, "slam conf keys")
     n = len(keypoints)
     pts = np.full((n, 3), np.nan, np.float32)
     ids = np.full(n, -1, np.int64)

@@ -20,7 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from agnostic_reloc.world.scene import Scene, merge_conf
+from agnostic_reloc.conf import merge_conf
+from agnostic_reloc.world.scene import Scene
 
 PROFILES = ("loop", "kidnap", "mixed")
 
@@ -145,7 +146,7 @@ def make_trajectory(scene: Scene, profile: str = "loop", n_frames: int | None = 
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown trajectory profile '{profile}'; known: {', '.join(PROFILES)}")
-    c = merge_conf(default_conf, conf, "trajectory")
+    c = merge_conf(default_conf, conf, "trajectory conf keys")
     if c["fps"] <= 0:
         raise ValueError(f"fps must be positive, got {c['fps']}")
     rng = np.random.default_rng([seed, 7])

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, loop and relocalization metrics, homography pairs from real photos, plots and reports."""

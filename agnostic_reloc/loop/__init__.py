@@ -1,0 +1,1 @@
+"""Loop closure and relocalization: the engine facade, retrieval, verification, acceptance, pose graph, drivers."""

@@ -1,0 +1,373 @@
+"""Loop-closure detection and global relocalization: what ORB-SLAM3's LoopClosing (DBoW2 + Sim3) and
+Tracking::Relocalization (BoW + PnP) do, with ALIKED + LightGlue (or the classic ORB Hamming baseline).
+
+The engine is a facade over one job per module:
+  keyframe (SLAM keypoints, pose, map points) -> features (matching.pipeline) -> map + retrieval index
+  (retrieval: top-K, recent keyframes excluded) -> matching of the query against the candidates -> geometry of
+  each pair (verify: PnP against the candidate's map points, or the essential matrix) -> loop acceptance
+  (acceptance: drift prior, consistency over consecutive query keyframes) or the relocalization decision
+  (relocalize: agreeing candidate poses, loop-corrected). A false loop corrupts a map, so a detection becomes
+  a LoopClosure only when every check passes.
+
+Conf: one tree, `{device, features, matcher, retrieval, verify, loop, reloc}`; each section is handed whole to
+the part that uses it. `OPTIONS` holds every option with its default, description and range; the node's
+parameters (`engine.<section>.<name>`) and config/reloc.yaml are generated from it. Named presets (`PRESETS`)
+choose a pipeline by name; the flat option names of earlier releases are still accepted, with a warning.
+
+Frames: T_map_cam is camera-to-map (SLAM map frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from ..conf import deep_update, merge_conf, option_defaults, unflatten
+from ..features.keypoints import Keypoints
+from ..map.store import KeyframeMap
+from ..matching.hamming import match_hamming
+from ..matching.pipeline import PairPipeline
+from ..types import Keyframe, LoopClosure, Relocalization
+from . import acceptance, relocalize, verify
+from .retrieval import RetrievalIndex, global_descriptor
+
+logger = logging.getLogger(__name__)
+
+MATCHERS = ("lightglue", "nn")
+
+# The engine's options, the one table: name -> (default, what it does and what raising / lowering it does,
+# (min, max) or None), or section -> table. `default_conf` is its first column; the node declares each option
+# as the parameter `engine.<section>.<name>` with this description and range, and config/reloc.yaml is
+# generated from it (io.params).
+OPTIONS: dict = {
+    "device": ("auto", "cpu | cuda | auto (CUDA when available)", None),
+    "features": {  # the SLAM keypoints' descriptors (see matching.pipeline.default_conf)
+        "sampling": ("octave", "ALIKED sampling of multi-scale keypoints: full | octave (one map per pyramid "
+                     "level)", None),
+        "octave_levels": ((0, 1, 2, 3, 4, 5, 6, 7), "pyramid levels that get their own ALIKED map (fewer: faster, "
+                          "less accurate)", None),
+        "suppression": ("none", "nearby-keypoint remedy on the SLAM's keypoints: none | radius | octave", None),
+        "ensemble_detector": (None, "add this detector's keypoints to every keyframe (e.g. aliked); empty = off",
+                              None),
+        "ensemble_keypoints": (512, "number of ensemble keypoints", (1, 10000)),
+        "query_detector": ("orb", "detector of relocalization queries that come without SLAM keypoints "
+                           "(~/query/image): orb (ORB-SLAM3-like) | orb-ss | sift | gftt | akaze | aliked | disk",
+                           None),
+        "query_max_keypoints": (1000, "keypoints detected in such a query", (1, 100000)),
+    },
+    "matcher": {
+        "name": ("lightglue", "lightglue (ALIKED at the SLAM keypoints + LightGlue) or nn (ORB Hamming, the "
+                 "classic baseline)", None),
+        "weights": (None, "LightGlue checkpoint (fine-tuned agnostic weights); empty = official ALIKED LightGlue",
+                    None),
+        "filter_threshold": (0.1, "LightGlue match confidence threshold (lower: more, less certain matches)",
+                             (0.0, 1.0)),
+    },
+    "retrieval": {
+        "num_candidates": (5, "keyframes verified per query, top-K of retrieval (higher: more recall, more time)",
+                           (1, 100)),
+        "temporal_window_s": (10.0, "loops ignore keyframes within this many seconds of the query", (0.0, 1e6)),
+        "early_accept": (True, "CPU: verify candidates one by one in retrieval order and stop at the first "
+                         "accepted (saves most matching time; on CUDA all K are matched in one batch regardless)",
+                         None),
+    },
+    "verify": verify.OPTIONS,
+    "loop": acceptance.OPTIONS,
+    "reloc": relocalize.OPTIONS,
+}
+default_conf = option_defaults(OPTIONS)
+
+# Named pipelines (hloc style): what a user chooses by name; a preset is a partial conf over default_conf.
+PRESETS: dict[str, dict] = {
+    "learned": {"matcher": {"name": "lightglue"}},  # ALIKED at the SLAM keypoints + LightGlue (default)
+    "classic": {"matcher": {"name": "nn"}},  # ORB descriptors + Hamming mutual NN (ORB-SLAM3's own matching)
+}
+
+# flat option names of earlier releases -> their place in the tree (accepted with a warning for one release)
+LEGACY_KEYS = {
+    "matcher": "matcher.name", "weights": "matcher.weights", "filter_threshold": "matcher.filter_threshold",
+    "suppression": "features.suppression", "sampling": "features.sampling",
+    "octave_levels": "features.octave_levels", "ensemble_detector": "features.ensemble_detector",
+    "ensemble_keypoints": "features.ensemble_keypoints", "num_candidates": "retrieval.num_candidates",
+    "early_accept": "retrieval.early_accept", "temporal_window_s": "retrieval.temporal_window_s",
+    "pnp_threshold_px": "verify.pnp_threshold_px", "essential_threshold_px": "verify.essential_threshold_px",
+    "min_inlier_ratio": "verify.min_inlier_ratio", "min_inliers": "loop.min_inliers",
+    **{k: f"loop.{k}" for k in ("consistency_required", "consistency_window_s", "consistency_dist_m",
+                                 "consistency_angle_deg", "prior_dist_m", "prior_dist_per_m", "prior_angle_deg",
+                                 "prior_angle_per_m", "use_pose_prior")},
+    **{f"reloc_{k}": f"reloc.{k}" for k in ("min_inliers", "agree_dist_m", "agree_angle_deg", "strong_inliers",
+                                             "loop_corrected")},
+}
+
+
+def upgrade_conf(conf: dict | None) -> dict:
+    """A conf that may use the flat names of earlier releases -> the nested tree (one FutureWarning naming the
+    new names). Nested confs pass unchanged."""
+    conf = dict(conf or {})
+    legacy = {k: conf.pop(k) for k in list(conf)
+              if k in LEGACY_KEYS and not (k in default_conf and isinstance(conf[k], dict))}
+    if not legacy:
+        return conf
+    warnings.warn("flat engine options are deprecated and will be removed in the next release: "
+                  + ", ".join(f"{k} -> {LEGACY_KEYS[k]}" for k in legacy), FutureWarning, stacklevel=3)
+    nested = unflatten({LEGACY_KEYS[k]: v for k, v in legacy.items()})
+    for section, values in nested.items():
+        given = conf.get(section) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"engine options: '{section}' must be a dict, got {type(given).__name__}")
+        conf[section] = {**values, **given}
+    return conf
+
+
+def check_conf(conf: dict | None) -> dict:
+    """The full engine conf: defaults updated with `conf` (nested, or flat legacy names); ValueError naming any
+    unknown or invalid option."""
+    conf = merge_conf(default_conf, upgrade_conf(conf), "engine options")
+    if conf["matcher"]["name"] not in MATCHERS:
+        raise ValueError(f"engine matcher must be 'lightglue' or 'nn', got '{conf['matcher']['name']}'")
+    if conf["retrieval"]["num_candidates"] < 1 or conf["loop"]["consistency_required"] < 1:
+        raise ValueError("num_candidates and consistency_required must be >= 1")
+    return conf
+
+
+def preset_conf(name: str, overrides: dict | None = None) -> dict:
+    """The conf of a named preset (`PRESETS`), deep-updated with `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; choose from {', '.join(PRESETS)}")
+    return deep_update(PRESETS[name], upgrade_conf(overrides))
+
+
+class Engine:
+    """Keyframe map + loop detection + relocalization. Thread-safe: insert from one thread, verify in another."""
+
+    def __init__(self, conf: dict | None = None, kf_map: KeyframeMap | None = None) -> None:
+        self.conf = check_conf(conf)
+        c, f = self.conf, self.conf["features"]
+        self.pipe = PairPipeline(
+            # the classic mode still computes ALIKED descriptors, for retrieval only: both modes share retrieval
+            matcher="lightglue" if c["matcher"]["name"] == "lightglue" else "fused", suppression=f["suppression"],
+            sampling=f["sampling"], octave_levels=f["octave_levels"], weights=c["matcher"]["weights"],
+            device=c["device"], filter_threshold=c["matcher"]["filter_threshold"], detector=f["query_detector"],
+            max_keypoints=f["query_max_keypoints"])
+        self.map = kf_map if kf_map is not None else KeyframeMap()
+        self.index = RetrievalIndex()
+        self.lock = threading.RLock()
+        self.acceptance = acceptance.LoopAcceptance(c["loop"])
+        self.corrections = relocalize.LoopCorrections()
+        self._path_length: dict[int, float] = {}  # cumulative SLAM path length at each keyframe
+        self._stamp_of: dict[int, float] = {}  # keyframe stamps (loops never look forward in time)
+        self._pose_of: dict[int, np.ndarray] = {}  # SLAM T_map_cam of each keyframe (for the pose graph)
+        self._last_kf: Keyframe | None = None
+        self.timing: dict[str, list[float]] = {}
+        self._next_id = 0
+        if len(self.map):
+            self._rebuild_index()
+
+    # ---------------------------------------------------------------- keyframes
+    def _remember(self, kf: Keyframe) -> None:
+        last = self._last_kf
+        step = 0.0 if last is None else float(np.linalg.norm(kf.position - last.position))
+        self._path_length[kf.id] = (self._path_length.get(last.id, 0.0) if last else 0.0) + step
+        self._stamp_of[kf.id] = kf.stamp
+        self._pose_of[kf.id] = np.array(kf.T_map_cam, np.float64)
+        self._last_kf = kf
+
+    def _rebuild_index(self) -> None:
+        ids, vecs = self.map.global_descriptors()
+        self.index.rebuild(list(map(int, ids)), vecs, [self.map.get(int(i)).stamp for i in ids])
+        for kf_id in self.map.ids():
+            self._remember(self.map.get(kf_id))
+        self._next_id = max(self.map.ids()) + 1
+
+    def reset(self) -> None:
+        """Forget every keyframe and pending detection (the map file on disk is untouched)."""
+        with self.lock:
+            self.map.clear()
+            self.index = RetrievalIndex()
+            self._path_length.clear()
+            self._stamp_of.clear()
+            self._pose_of.clear()
+            self._last_kf = None
+            self.acceptance.reset()
+            self.corrections.reset()
+            self._next_id = 0
+
+    def save_map(self, path: str) -> None:
+        """Write the keyframe map atomically (a crash mid-save leaves the previous file intact)."""
+        with self.lock:
+            self.map.save(path)
+
+    def _tick(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.timing.setdefault(stage, []).append(1e3 * (now - t0))
+        return now
+
+    def make_keyframe(self, stamp: float, image: np.ndarray, keypoints: Keypoints, T_map_cam: np.ndarray,
+                      K: np.ndarray, map_points: np.ndarray | None = None, map_point_ids: np.ndarray | None = None,
+                      kf_id: int | None = None) -> Keyframe:
+        """Build and validate a keyframe: suppression, descriptors, global descriptor (nothing stored yet)."""
+        t0 = time.perf_counter()
+        with self.lock:
+            if kf_id is None:
+                kf_id = self._next_id
+            self._next_id = max(self._next_id, int(kf_id) + 1)
+        h, w = image.shape[:2]
+        n_slam = len(keypoints)
+        kf = Keyframe(int(kf_id), float(stamp), keypoints, np.asarray(T_map_cam, np.float64),
+                      np.asarray(K, np.float64), (w, h), n_slam,
+                      None if map_points is None else np.asarray(map_points, np.float32),
+                      None if map_point_ids is None else np.asarray(map_point_ids, np.int64))
+        kf.validate()
+        f = self.conf["features"]
+        if f["ensemble_detector"]:
+            extra = self.pipe.keypoints_of(image, f["ensemble_detector"], f["ensemble_keypoints"])
+            kf.keypoints = Keypoints.concat([keypoints, extra])
+            if kf.map_points is not None:
+                kf.map_points = np.concatenate([kf.map_points, np.full((len(extra), 3), np.nan, np.float32)])
+            if kf.map_point_ids is not None:
+                kf.map_point_ids = np.concatenate([kf.map_point_ids, np.full(len(extra), -1, np.int64)])
+        feats = self.pipe.extract(image, kf.keypoints)
+        kf.kept = feats.kept.astype(np.int64)
+        desc = feats.descriptors.float().cpu().numpy()
+        if self.conf["matcher"]["name"] == "lightglue":
+            kf.descriptors = desc.astype(np.float16)
+        else:
+            kf.orb_desc, kf.orb_valid = feats.orb, feats.valid
+        kf.global_desc = global_descriptor(desc, kf.keypoints.xy[kf.kept], (w, h))
+        self._tick("extract", t0)
+        return kf
+
+    def make_keyframe_from(self, ev) -> Keyframe:
+        """`make_keyframe` of a `types.KeyframeEvent`."""
+        return self.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
+                                  ev.map_point_ids, ev.kf_id)
+
+    def insert_keyframe(self, kf: Keyframe) -> None:
+        """Store a keyframe in the map and the retrieval index (never waits for verification)."""
+        with self.lock:
+            self.map.add(kf)
+            self.index.add(kf.id, kf.global_desc, stamp=kf.stamp)
+            self._remember(kf)
+
+    def process_keyframe(self, stamp: float, image: np.ndarray, keypoints: Keypoints, T_map_cam: np.ndarray,
+                         K: np.ndarray, map_points: np.ndarray | None = None,
+                         map_point_ids: np.ndarray | None = None, kf_id: int | None = None) -> list[LoopClosure]:
+        """Extract, insert, then look for loops of this keyframe; returns the loops accepted now."""
+        kf = self.make_keyframe(stamp, image, keypoints, T_map_cam, K, map_points, map_point_ids, kf_id)
+        self.insert_keyframe(kf)
+        return self.detect_loops(kf)
+
+    # ---------------------------------------------------------------- candidates and matching
+    def _candidates(self, kf: Keyframe, exclude_recent: bool) -> list[int]:
+        r = self.conf["retrieval"]
+        window = r["temporal_window_s"] if exclude_recent else 0.0
+        exclude: set[int] | object = {kf.id}
+        if exclude_recent:  # loops look only backwards in time, so a lagging verifier finds what a prompt one does
+            stamps, q_stamp = self._stamp_of, kf.stamp
+            exclude = lambda i: i == kf.id or stamps.get(i, -np.inf) > q_stamp  # noqa: E731
+        hits = self.index.search(kf.global_desc, r["num_candidates"], exclude=exclude, stamp=kf.stamp, window=window)
+        return [cid for cid, _ in hits]
+
+    def _match(self, q: Keyframe, cands: list[Keyframe]) -> list[np.ndarray]:
+        """Matches [S x 2] in keypoint indices (not kept indices) of the query and each candidate."""
+        if self.conf["matcher"]["name"] == "lightglue":
+            def feats(kf: Keyframe) -> dict:
+                return {"keypoints": kf.keypoints.xy[kf.kept], "descriptors": np.asarray(kf.descriptors, np.float32),
+                        "image_size": kf.image_size}
+            results = self.pipe.matcher.match(feats(q), [feats(c) for c in cands])
+            pairs = [r.matches.numpy() for r in results]
+        else:
+            pairs = [match_hamming(q.orb_desc, c.orb_desc, q.orb_valid, c.orb_valid, ratio=self.pipe.conf["nn_ratio"])[0]
+                     for c in cands]
+        return [np.stack([q.kept[p[:, 0]], c.kept[p[:, 1]]], -1).reshape(-1, 2) for p, c in zip(pairs, cands)]
+
+    def _groups(self, cands: list[Keyframe]) -> list[list[Keyframe]]:
+        """Candidates in matching batches: one at a time with early acceptance on CPU, all at once otherwise."""
+        sequential = self.conf["retrieval"]["early_accept"] and self.pipe.aliked.device.type != "cuda"
+        return [[c] for c in cands] if sequential else [cands]
+
+    # ---------------------------------------------------------------- loops
+    def detect_loops(self, kf: Keyframe) -> list[LoopClosure]:
+        """Verify `kf` against its retrieval candidates; returns loops accepted by this call.
+
+        A detection that is not yet confirmed is kept pending; when later keyframes confirm it,
+        it is returned then (together with the confirming one).
+        """
+        t0 = time.perf_counter()
+        with self.lock:
+            cand_ids = self._candidates(kf, exclude_recent=True)
+            cands = [self.map.get(i) for i in cand_ids]
+        t0 = self._tick("retrieve", t0)
+        if not cands:
+            return []
+        best: verify.Detection | None = None
+        min_inliers = self.conf["loop"]["min_inliers"]
+        for group in self._groups(cands):
+            pairs = self._match(kf, group)
+            t0 = self._tick("match", t0)
+            for c, p in zip(group, pairs):
+                d = verify.verify_pair(kf, c, p, min_inliers, self.conf["verify"])
+                if d is None:
+                    continue
+                travelled = abs(self._path_length.get(d.kf_id, 0.0) - self._path_length.get(d.match_id, 0.0))
+                if self.acceptance.within_prior(d, travelled) and (best is None or d.inliers > best.inliers):
+                    best = d
+            t0 = self._tick("geometry", t0)
+            if best is not None:
+                break
+        if best is None:
+            return []
+        with self.lock:
+            return [self._to_loop(d) for d in self.acceptance.add(best)]
+
+    def _to_loop(self, d: verify.Detection) -> LoopClosure:
+        q, m = self.map.get(d.kf_id), self.map.get(d.match_id)
+        if d.metric:
+            self.corrections.add_loop(d.kf_id, d.match_id, d.T_match_query, d.covariance)
+        return LoopClosure(d.kf_id, q.stamp, d.match_id, m.stamp, d.T_match_query, d.covariance,
+                           d.correspondences, d.inliers, float(d.inliers), d.metric)
+
+    # ---------------------------------------------------------------- relocalization
+    def relocalize(self, stamp: float, image: np.ndarray, K: np.ndarray, keypoints: Keypoints | None = None) -> Relocalization:
+        """Pose T_map_cam of a frame (SLAM keypoints, or detected with features.query_detector when None)."""
+        t0 = time.perf_counter()
+        if keypoints is None:
+            keypoints = self.pipe.keypoints(image)
+        if len(keypoints) == 0:
+            return Relocalization(stamp, False, reason="no keypoints in the query image")
+        if len(self.map) == 0:
+            return Relocalization(stamp, False, reason="no candidate: the map is empty")
+        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1)
+        with self.lock:
+            cand_ids = self._candidates(q, exclude_recent=False)
+            cands = [self.map.get(i) for i in cand_ids]
+        t0 = self._tick("reloc_retrieve", t0)
+        if not cands:
+            return Relocalization(stamp, False, reason="no candidate from retrieval")
+        rc = self.conf["reloc"]
+        poses: list[relocalize.CandidatePose] = []
+        for group in self._groups(cands):
+            for cand, p in zip(group, self._match(q, group)):
+                pose = verify.pnp_pose(q, cand, p, rc["min_inliers"], self.conf["verify"])
+                if pose is not None:
+                    T, cov, inl, _ = pose
+                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), self._correction(cand.id) @ T))
+            if relocalize.settled(poses, rc):
+                break  # two agreeing candidates and no disagreeing one: early acceptance
+        self._tick("reloc_verify", t0)
+        return relocalize.decide(stamp, poses, rc)
+
+    def _correction(self, kf_id: int) -> np.ndarray:
+        """T_corrected_slam of a candidate keyframe (identity unless reloc.loop_corrected and loops exist)."""
+        if not self.conf["reloc"]["loop_corrected"]:
+            return np.eye(4)
+        with self.lock:
+            n = len(self.corrections.solve_ms)
+            T = self.corrections.correction(kf_id, self._stamp_of, self._pose_of)
+            if len(self.corrections.solve_ms) > n:
+                self.timing.setdefault("reloc_pose_graph", []).append(self.corrections.solve_ms[-1])
+            return T

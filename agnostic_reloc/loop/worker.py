@@ -1,0 +1,171 @@
+"""Engine work off the caller's thread: keyframes are never dropped, relocalization queries are bounded.
+
+One worker thread takes jobs by priority: (1) extract + insert waiting keyframes (insertion always
+happens, in order), (2) answer the newest relocalization queries, (3) verify inserted keyframes for loops,
+oldest first (verification may lag behind insertion and catches up when the input pauses). Loop
+verification never looks at keyframes newer than the query, so a lagging worker gives the same loops as
+an immediate one. Results go to callbacks, called from the worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from ..eval.metrics import percentiles
+from ..types import Keyframe, KeyframeEvent, LoopClosure, QueryEvent, Relocalization
+from .engine import Engine
+
+logger = logging.getLogger(__name__)
+
+
+class EngineWorker:
+    """Bounded-latency driver of an `Engine` on a background thread."""
+
+    def __init__(self, engine: Engine, on_loops: Callable[[list[LoopClosure], Keyframe], None] | None = None,
+                 on_relocalization: Callable[[Relocalization, QueryEvent], None] | None = None,
+                 on_keyframe: Callable[[Keyframe, KeyframeEvent], None] | None = None,
+                 on_error: Callable[[str, str], None] | None = None, query_queue_size: int = 2) -> None:
+        if query_queue_size < 1:
+            raise ValueError("query_queue_size must be >= 1")
+        self.engine = engine
+        self.on_loops = on_loops or (lambda loops, kf: None)
+        self.on_relocalization = on_relocalization or (lambda r, q: None)
+        self.on_keyframe = on_keyframe or (lambda kf, ev: None)
+        self.on_error = on_error or (lambda kind, text: None)
+        self.query_queue_size = query_queue_size
+        self._keyframes: deque[tuple[float, KeyframeEvent]] = deque()
+        self._verify: deque[tuple[float, Keyframe]] = deque()
+        self._queries: deque[tuple[float, QueryEvent]] = deque()
+        self._cv = threading.Condition()
+        self._busy = False
+        self._stop = False
+        self._generation = 0  # bumped by clear(): work from before a reset is discarded
+        self.dropped_queries = 0
+        self.counts = {"keyframes": 0, "loops": 0, "relocalized": 0, "not_relocalized": 0, "errors": 0}
+        self.latency_ms: dict[str, deque] = {k: deque(maxlen=2000) for k in ("keyframe", "loop_check", "query")}
+        self._thread = threading.Thread(target=self._run, name="agnostic_reloc-worker", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ input
+    def submit_keyframe(self, event: KeyframeEvent) -> None:
+        with self._cv:
+            self._keyframes.append((time.perf_counter(), event))
+            self._cv.notify()
+
+    def submit_query(self, event: QueryEvent) -> bool:
+        """Queue a query; when the queue is full the oldest waiting query is dropped (counted). False if so."""
+        with self._cv:
+            dropped = len(self._queries) >= self.query_queue_size
+            if dropped:
+                self._queries.popleft()
+                self.dropped_queries += 1
+            self._queries.append((time.perf_counter(), event))
+            self._cv.notify()
+        return not dropped
+
+    def clear(self) -> None:
+        """Discard waiting work (used with Engine.reset); a job already running finishes but is not reported."""
+        with self._cv:
+            self._keyframes.clear()
+            self._verify.clear()
+            self._queries.clear()
+            self._generation += 1
+
+    # ------------------------------------------------------------------ state
+    def depths(self) -> dict[str, int]:
+        with self._cv:
+            return {"keyframes": len(self._keyframes), "verify": len(self._verify), "queries": len(self._queries)}
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        return {k: percentiles(list(v)) for k, v in self.latency_ms.items() if v}
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every queue is empty and nothing runs; False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._busy or self._keyframes or self._verify or self._queries:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ work
+    def _next(self):
+        if self._keyframes:
+            return "keyframe", self._keyframes.popleft()
+        if self._queries:
+            return "query", self._queries.pop()  # newest first: older queries are stale
+        if self._verify:
+            return "verify", self._verify.popleft()
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not (self._keyframes or self._queries or self._verify):
+                    self._busy = False
+                    self._cv.notify_all()
+                    self._cv.wait()
+                if self._stop:
+                    self._busy = False
+                    self._cv.notify_all()
+                    return
+                kind, (t_in, item) = self._next()
+                if kind == "query":
+                    self.dropped_queries += len(self._queries)  # older queries than the answered one are stale
+                    self._queries.clear()
+                self._busy = True
+                gen = self._generation
+            try:
+                self._do(kind, t_in, item, gen)
+            except Exception as exc:  # never let one bad job stop the worker
+                self.counts["errors"] += 1
+                logger.exception("%s job failed", kind)
+                self.on_error(kind, f"{type(exc).__name__}: {exc}")
+
+    def _do(self, kind: str, t_in: float, item, gen: int) -> None:
+        eng = self.engine
+        if kind == "keyframe":
+            ev: KeyframeEvent = item
+            try:
+                kf = eng.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
+                                       ev.map_point_ids, ev.kf_id)
+            except ValueError as exc:
+                self.on_error("keyframe", str(exc))
+                return
+            with self._cv:
+                if gen != self._generation:
+                    return
+                eng.insert_keyframe(kf)
+                self._verify.append((t_in, kf))
+            self.counts["keyframes"] += 1
+            self.latency_ms["keyframe"].append(1e3 * (time.perf_counter() - t_in))
+            self.on_keyframe(kf, ev)
+        elif kind == "verify":
+            kf: Keyframe = item
+            loops = eng.detect_loops(kf)
+            self.latency_ms["loop_check"].append(1e3 * (time.perf_counter() - t_in))
+            if loops and gen == self._generation:
+                self.counts["loops"] += len(loops)
+                self.on_loops(loops, kf)
+        else:
+            q: QueryEvent = item
+            try:
+                r = eng.relocalize(q.stamp, q.image, q.K, q.keypoints)
+            except ValueError as exc:
+                r = Relocalization(q.stamp, False, reason=f"bad query: {exc}")
+            self.latency_ms["query"].append(1e3 * (time.perf_counter() - t_in))
+            if gen == self._generation:
+                self.counts["relocalized" if r.success else "not_relocalized"] += 1
+                self.on_relocalization(r, q)

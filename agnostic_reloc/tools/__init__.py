@@ -1,0 +1,1 @@
+"""What the CLI subcommands run: bag replay, the demo, world evaluation and the benchmark."""
