@@ -18,19 +18,27 @@ descriptors, orb_desc, ...) is either written for every keyframe (filler rows wh
 its bit in kf_flags cleared) or, when no keyframe has it, written with zero rows.
 
 Saving writes `path + ".tmp-<pid>"`, fsyncs it and `os.replace`s it over `path`, so a crash mid-save leaves
-the previous map intact. Loading with mmap=True memory-maps the flat (big) arrays read-only; the per-keyframe
-arrays are read into RAM and crc-checked.
+the previous map intact. A writer killed mid-save (SIGKILL, power loss) leaves its temporary behind, as big as
+the map; the next save or load of the same path removes the temporaries of writers that are gone (see
+`remove_stale_temporaries`), never one a live writer is still writing.
+
+Loading with mmap=True memory-maps the flat (big) arrays read-only; the per-keyframe arrays are read into RAM
+and crc-checked.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import re
 import socket
+import stat
 import struct
 import sys
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,12 +49,15 @@ import numpy as np
 from ..features.keypoints import Keypoints
 from ..types import Keyframe
 
+logger = logging.getLogger(__name__)
+
 MAGIC = b"AGRLMAP\0"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 _PREFIX = struct.Struct("<8sIIII")  # magic, version, header length, header crc32, reserved
 ALIGN = 64
 _CHUNK_BYTES = 16 << 20  # streaming write / crc chunk
+STALE_TMP_AGE_S = 3600.0  # a temporary not written to for this long is stale even if a process has its pid
 
 # flag bits in kf_flags: which optional Keyframe fields are present
 _FLAGS = {"map_points": 1, "map_point_ids": 2, "kept": 4, "descriptors": 8, "global_desc": 16,
@@ -230,6 +241,99 @@ def _normalised(kf: Keyframe, desc_dim: int | None, global_dim: int | None) -> K
     return out
 
 
+# ---------------------------------------------------------------------------------------------- temporaries
+_PID_REUSE_SLACK_S = 2.0  # process start times from /proc are known to about a second (boot time in whole s)
+
+
+def _tmp_path(path: str) -> str:
+    """The temporary `save` writes before renaming it over `path`: named by the writer's pid."""
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def _process_state(pid: int) -> tuple[str, float] | None:
+    """(state letter, start time in unix seconds) of a running process from /proc (Linux); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read()
+        fields = fields[fields.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 (state) onwards
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return fields[0].decode(), boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start (ticks)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _stale_reason(pid: int, mtime: float, now: float) -> str | None:
+    """Why the temporary of writer `pid`, last written at `mtime` (unix s), is stale; None while it may be live.
+
+    Stale: no process has the pid (or only a zombie); or the process with that pid started after the file was
+    last written (the pid was reused, e.g. after a reboot or a container restart); or the file was not written
+    to for STALE_TMP_AGE_S (a save writes continuously, so its writer is gone or hung).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"writer pid {pid} is not running"
+    except PermissionError:
+        pass  # a process of another user has the pid
+    except (OverflowError, OSError):
+        return f"writer pid {pid} is not a valid process id"
+    state = _process_state(pid)
+    if state is not None and state[0] in ("Z", "X"):
+        return f"writer pid {pid} has exited"
+    if state is not None and mtime < state[1] - _PID_REUSE_SLACK_S:
+        return f"pid {pid} now belongs to a process started after the file was last written"
+    if now - mtime > STALE_TMP_AGE_S:
+        return f"not written to for {(now - mtime) / 3600:.1f} h"
+    return None
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Remove the temporaries `<path>.tmp-<pid>` that writers of map `path` left when they died mid-save.
+
+    A temporary is removed only when its writer is gone (see `_stale_reason`): a live process saving the same
+    map concurrently keeps its file. Pids are those of this host: do not save one map path from several hosts
+    of a shared file system at once. Logs one warning per removed file; never raises (a file that cannot be
+    removed is logged and left).
+
+    Returns:
+        the paths removed.
+    """
+    directory, base = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(re.escape(base) + r"\.tmp-([0-9]{1,12})")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    now = time.time()
+    for name in sorted(names):
+        match = pattern.fullmatch(name)
+        if match is None or int(match.group(1)) < 1:
+            continue
+        tmp = os.path.join(directory, name)
+        try:
+            info = os.lstat(tmp)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        reason = _stale_reason(int(match.group(1)), info.st_mtime, now)
+        if reason is None:
+            continue
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:  # another process cleaned it up meanwhile
+            continue
+        except OSError as exc:
+            logger.warning("could not remove %s, the temporary of an interrupted map save (%s): %s", tmp, reason, exc)
+            continue
+        logger.warning("removed %s (%.1f MB), the temporary of an interrupted map save: %s", tmp,
+                       info.st_size / 2**20, reason)
+        removed.append(tmp)
+    return removed
+
+
 # ---------------------------------------------------------------------------------------------------- map
 class KeyframeMap:
     """Keyframes by id, in insertion order; thread-safe; saved to / loaded from one map file.
@@ -344,12 +448,17 @@ class KeyframeMap:
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike) -> None:
-        """Write all keyframes (loaded + added) to `path` atomically (tmp file, fsync, os.replace)."""
+        """Write all keyframes (loaded + added) to `path` atomically (tmp file, fsync, os.replace).
+
+        Temporaries that earlier writers killed mid-save left beside `path` are removed first
+        (`remove_stale_temporaries`).
+        """
         path = os.fspath(path)
         with self._lock:  # snapshot: entries are immutable references, the writing runs unlocked
             entries = list(self._where.values())
             desc_dim, global_dim = self.desc_dim, self.global_dim
-        tmp = f"{path}.tmp-{os.getpid()}"
+        remove_stale_temporaries(path)
+        tmp = _tmp_path(path)
         try:
             with open(tmp, "wb") as f:
                 _write(f, entries, desc_dim, global_dim)
@@ -382,8 +491,11 @@ class KeyframeMap:
             verify: also check the crc32 of memory-mapped arrays (reads the whole file once).
         Raises:
             MapFormatError: missing/truncated/corrupt file, wrong magic, unsupported version.
+
+        Temporaries that writers killed mid-save left beside `path` are removed (`remove_stale_temporaries`).
         """
         path = os.fspath(path)
+        remove_stale_temporaries(path)
         arrays = _read(path, mmap, verify)
         out = cls()
         seg = _Segment(path, arrays, mmap)

@@ -170,7 +170,8 @@ def make_sequence(seed: int = 0, profile: str = "loop", n_frames: int | None = N
 
     Args:
         seed: seeds the scene, trajectory, lighting noise, drift and map-point sampling.
-        profile: 'loop', 'kidnap' or 'mixed' (see world/trajectory.py).
+        profile: 'loop', 'kidnap', 'mixed', 'corridor', 'parked' or 'small_room' (see world/trajectory.py;
+            real ORB-SLAM3 drift: conf={"slam": dict(world.slam.ORBSLAM3_DRIFT)}).
         n_frames: total number of frames (None = profile default).
         conf: nested overrides of `default_conf`, e.g. {"camera": {"width": 320, "height": 240, "f": 250}}.
         progress: show a tqdm progress bar while rendering.

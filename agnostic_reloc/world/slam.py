@@ -4,6 +4,15 @@ Frames: the SLAM map frame drifts away from the world: T_map_cam = D(l) @ T_worl
 rigid transform (yaw about world z, a small tilt, a translation) that grows smoothly with the distance l
 travelled while tracking (D(0) = I). Ground truth T_world_cam stays separate.
 
+Drift rates are per metre travelled, so the error of a loop between two keyframes (the rotation of
+D(l_query) D(l_match)^-1) grows like rate x the path length between them; the rates vary smoothly (0.5x to 1.5x)
+along the path and average to the configured value over ~20 m. The defaults drift far less than real ORB-SLAM3;
+`ORBSLAM3_DRIFT` holds real monocular ORB-SLAM3 levels (~1.2 deg/m rotation, 2 % translation):
+`make_sequence(..., conf={"slam": dict(ORBSLAM3_DRIFT)})`.
+
+Keyframes follow ORB-SLAM3's insertion in spirit: after enough motion or frames, but none while the camera
+stands still (`kf_still_dist`, `kf_still_angle_deg`).
+
 Map points of a keyframe are exact points of the scene: the ray of each keypoint (sub-pixel) intersected
 with the plane seen at its nearest pixel, in the SLAM map frame, so they reproject onto their keypoints
 with T_map_cam exactly (up to float32 rounding). Map-point ids are (plane id, 2 cm texture cell): the same
@@ -15,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from agnostic_reloc.conf import merge_conf
 from agnostic_reloc.features.keypoints import Keypoints
 from agnostic_reloc.geometry import so3_exp
-from agnostic_reloc.conf import merge_conf
 from agnostic_reloc.world.scene import Scene
 
 default_conf = {
@@ -25,15 +34,20 @@ default_conf = {
     "kf_max_gap": 4,  # a keyframe at least every this many tracked frames
     "kf_max_dist": 0.3,  # ... or when the camera moved this far from the last keyframe (m)
     "kf_max_angle_deg": 10.0,  # ... or turned this much (deg)
-    "drift_yaw_deg_per_m": 0.08,  # mean yaw drift rate (deg per metre travelled)
-    "drift_tilt_deg_per_m": 0.01,  # mean roll/pitch drift rate (deg per metre)
-    "drift_trans_per_m": 0.013,  # mean translation drift rate (m per metre)
+    "kf_still_dist": 0.01,  # but no kf_max_gap keyframe while the camera moved less than this since the last
+    "kf_still_angle_deg": 0.5,  # ... keyframe (m) and turned less than this (deg): none while parked; 0 = always
+    "drift_yaw_deg_per_m": 0.08,  # mean yaw drift rate (deg per metre travelled); real ORB-SLAM3: ~1-1.3
+    "drift_tilt_deg_per_m": 0.01,  # mean roll/pitch drift rate (deg per metre); real ORB-SLAM3: ~0.3
+    "drift_trans_per_m": 0.013,  # mean translation drift rate (m per metre); real ORB-SLAM3: ~0.02
     "max_depth": 8.0,  # no map point beyond this depth (m)
     "depth_edge_ratio": 0.1,  # no map point where depths in the 3x3 neighbourhood differ by more (relative)
     "map_point_ratio": 0.7,  # fraction of valid keypoints that get a map point (ORB-SLAM3 maps a subset)
     "outlier_ratio": 0.0,  # fraction of map points replaced by random points in the room (gross outliers)
     "id_cell": 0.02,  # texture cell size for map-point ids (m)
 }
+
+# Real monocular ORB-SLAM3 drift (measured on held-out sequences: ~1-1.3 deg/m rotation; 1-3 % translation).
+ORBSLAM3_DRIFT = {"drift_yaw_deg_per_m": 1.2, "drift_tilt_deg_per_m": 0.3, "drift_trans_per_m": 0.02}
 
 
 def drift_transforms(T_world_cam: np.ndarray, tracked: np.ndarray, seed: int, conf: dict | None = None) -> np.ndarray:
@@ -76,7 +90,9 @@ def select_keyframes(T_map_cam: list, conf: dict | None = None) -> np.ndarray:
     """[F] bool keyframe flags from SLAM poses (None = not tracked: never a keyframe).
 
     The first tracked frame after a loss is a keyframe; then a keyframe every `kf_max_gap` tracked frames
-    or earlier when the motion since the last keyframe exceeds `kf_max_dist` / `kf_max_angle_deg`.
+    or earlier when the motion since the last keyframe exceeds `kf_max_dist` / `kf_max_angle_deg`. Like
+    ORB-SLAM3, no keyframe while the camera stands still: the every-`kf_max_gap` keyframe waits until the
+    camera has moved `kf_still_dist` or turned `kf_still_angle_deg` since the last keyframe.
     """
     c = merge_conf(default_conf, conf, "slam conf keys")
     flags = np.zeros(len(T_map_cam), bool)
@@ -92,7 +108,8 @@ def select_keyframes(T_map_cam: list, conf: dict | None = None) -> np.ndarray:
         dist = np.linalg.norm(T[:3, 3] - last[:3, 3])
         cos = (np.trace(last[:3, :3].T @ T[:3, :3]) - 1) / 2
         ang = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-        if since >= c["kf_max_gap"] or dist > c["kf_max_dist"] or ang > c["kf_max_angle_deg"]:
+        still = dist < c["kf_still_dist"] and ang < c["kf_still_angle_deg"]
+        if (since >= c["kf_max_gap"] and not still) or dist > c["kf_max_dist"] or ang > c["kf_max_angle_deg"]:
             flags[i], last, since = True, T, 0
     return flags
 
