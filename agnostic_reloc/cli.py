@@ -34,6 +34,8 @@ def _add_match(sub) -> None:
     p.add_argument("--filter-threshold", type=float, default=default_conf["filter_threshold"])
     p.add_argument("--weights", default=None, help="fine-tuned LightGlue checkpoint (.pth)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="network runtime on CPU (auto: openvino, else onnxruntime, else torch)")
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--viz", default=None, help="optional PNG of the matches")
     p.set_defaults(func=cmd_match)
@@ -48,7 +50,8 @@ def cmd_match(args: argparse.Namespace) -> int:
         raise UserError(f"--max-keypoints must be positive, got {args.max_keypoints}")
     pipe = PairPipeline(detector=args.detector, max_keypoints=args.max_keypoints,
                         suppression=args.suppression, sampling=args.sampling, matcher=args.matcher,
-                        filter_threshold=args.filter_threshold, weights=args.weights, device=args.device)
+                        filter_threshold=args.filter_threshold, weights=args.weights, device=args.device,
+                        backend=args.backend)
     res = pipe.match(img0, img1)
     out = {
         "keypoints0": res.keypoints0.xy.round(3).tolist(),
@@ -78,6 +81,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--quick", action="store_true", help="few pairs and repetitions (smoke run)")
+    p.add_argument("--backends", nargs="+", choices=("torch", "openvino", "onnxruntime"), default=None,
+                   help="inference backends to time (default: torch and every installed CPU runtime)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -85,13 +90,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .tools.bench import main as bench_main
 
     bench_main(out=args.out, n_pairs=args.pairs, device=args.device, latency=not args.skip_latency,
-               accuracy=not args.skip_accuracy, quick=args.quick)
+               accuracy=not args.skip_accuracy, quick=args.quick, backends=args.backends)
     return 0
 
 
 def _add_world_eval(sub) -> None:
+    from .world.trajectory import PROFILES
+
     p = sub.add_parser("evaluate-world", help="engine on a generated ground-truth sequence: learned vs classic")
-    p.add_argument("--profile", default="mixed", choices=("loop", "kidnap", "mixed"))
+    p.add_argument("--profile", default="mixed", choices=PROFILES, help="world trajectory (world/trajectory.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None, help="number of frames (default: the profile's)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -161,11 +168,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _add_make_bag(sub) -> None:
+    from .world.trajectory import PROFILES
+
     p = sub.add_parser("make-bag", help="write a ground-truth world sequence as a rosbag2 bag (the message contract)")
     p.add_argument("out", help="new bag folder (an existing path is never overwritten)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None, help="number of frames (default: the profile's)")
-    p.add_argument("--profile", default="mixed", choices=("loop", "kidnap", "mixed"))
+    p.add_argument("--profile", default="mixed", choices=PROFILES, help="world trajectory (world/trajectory.py)")
     p.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"))
     p.add_argument("--no-depth", action="store_true", help="leave out the depth images")
     p.add_argument("--small", action="store_true", help="the demo's world: 320x240, sparser keyframes")

@@ -17,6 +17,7 @@ import torch
 from kornia.feature import ALIKED
 
 from ..conf import merge_conf
+from ..inference import DenseMapRunner
 from ..io.image import check_image, to_tensor
 from ..weights import WeightsError, official_path
 from .keypoints import Keypoints
@@ -45,6 +46,7 @@ class AlikedExtractor:
         "sampling": "octave",  # full: one map at full resolution; octave: map per pyramid level
         "octave_levels": (0, 1, 2, 3, 4, 5, 6, 7),  # levels with their own map; others use the nearest
         "detection_radius": 2,  # NMS radius of ALIKED's own detector
+        "backend": "auto",  # dense-map runtime: auto | torch | openvino | onnxruntime (see inference.backends)
     }
 
     def __init__(self, **conf) -> None:
@@ -65,13 +67,16 @@ class AlikedExtractor:
                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
         self.model = model.eval().to(self.device, self.dtype).requires_grad_(False)
         self.descriptor_dim = int(self.model.desc_head.sf_conv.out_channels)
+        # the dense map (the expensive part) on the CPU runtime; the SDDH sampling head stays in torch
+        self.dense = DenseMapRunner(self.model, backend=self.conf["backend"])
+        self.backend = self.dense.backend
         self.lock = threading.Lock()  # the model is shared; kornia's DKD state is mutated per call
 
     # ------------------------------------------------------------------ dense maps
     @torch.inference_mode()
     def dense_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B x 3 x H x W] float in [0, 1] -> (features [B x D x H x W], scores [B x 1 x H x W])."""
-        return self.model.extract_dense_map(images.to(self.device, self.dtype))
+        return self.dense(images.to(self.device, self.dtype))
 
     @torch.inference_mode()
     def sample(self, feature_map: torch.Tensor, xy: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -45,6 +45,9 @@ OUTPUT_TOPICS = {
     "initialpose": "/initialpose",  # geometry_msgs/PoseWithCovarianceStamped (optional republish)
     "matches_image": "~/matches_image",  # sensor_msgs/Image
     "loop_edges": "~/loop_edges",  # visualization_msgs/MarkerArray
+    "corrected_path": "~/corrected_path",  # nav_msgs/Path, keyframe poses after the loop pose graph
+    "corrected_pose": "~/corrected_pose",  # geometry_msgs/PoseStamped, newest keyframe after the pose graph
+    "correction": "~/correction",  # geometry_msgs/TransformStamped corrected_frame -> map_frame (also on /tf)
     "diagnostics": "/diagnostics",  # diagnostic_msgs/DiagnosticArray
 }
 GROUND_TRUTH_TOPIC = "/ground_truth/pose"  # geometry_msgs/PoseStamped, T_world_cam (bags only)

@@ -28,6 +28,14 @@ NODE_PARAMS: dict[str, tuple[Any, str, tuple | None]] = {
     "load_map_on_start": (True, "load map_path at start when the file exists", None),
     "save_map_on_shutdown": (True, "write map_path when the node shuts down (if map_path is set)", None),
     "map_frame": ("map", "frame id of the SLAM map (relocalization and marker frames)", None),
+    "corrected_frame": ("map_corrected", "frame id of the loop-corrected map: parent of map_frame in the "
+                        "correction transform (like map -> odom in REP 105); frame of ~/corrected_path and "
+                        "~/corrected_pose", None),
+    "corrected_path_every_kf": (10, "republish ~/corrected_path every this many keyframes (and whenever a loop is "
+                                "accepted); the path holds every keyframe, so it costs O(map size)", (1, 100000)),
+    "correction_tf_period_s": (0.1, "with tf2_ros: re-broadcast the latest correction on /tf at this period, "
+                               "stamped now, so lookups at the current time find it (0: only on keyframes and "
+                               "loops)", (0.0, 60.0)),
     "publish_initialpose": (False, "also publish each relocalization on /initialpose", None),
     "query_queue_size": (2, "relocalization queries waiting for the worker; older ones are dropped and counted",
                          (1, 100)),

@@ -29,10 +29,10 @@ import numpy as np
 from ..conf import deep_update, merge_conf, option_defaults, unflatten
 from ..features.keypoints import Keypoints
 from ..map.store import KeyframeMap
-from ..matching.hamming import match_hamming
-from ..matching.pipeline import PairPipeline
+from ..matching.keyframes import HammingKeyframes, LightGlueKeyframes
+from ..matching.pipeline import PairPipeline, lightglue_from
 from ..types import Keyframe, LoopClosure, Relocalization
-from . import acceptance, relocalize, verify
+from . import acceptance, candidates, relocalize, verify
 from .retrieval import RetrievalIndex, global_descriptor
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ MATCHERS = ("lightglue", "nn")
 # generated from it (io.params).
 OPTIONS: dict = {
     "device": ("auto", "cpu | cuda | auto (CUDA when available)", None),
+    "backend": ("auto", "runtime of the networks on CPU: auto (openvino, else onnxruntime, else torch) | torch | "
+                "openvino | onnxruntime; same matches as torch fp32, ~2-10x faster on CPU (README: latency)", None),
     "features": {  # the SLAM keypoints' descriptors (see matching.pipeline.default_conf)
         "sampling": ("octave", "ALIKED sampling of multi-scale keypoints: full | octave (one map per pyramid "
                      "level)", None),
@@ -70,7 +72,9 @@ OPTIONS: dict = {
     "retrieval": {
         "num_candidates": (5, "keyframes verified per query, top-K of retrieval (higher: more recall, more time)",
                            (1, 100)),
-        "temporal_window_s": (10.0, "loops ignore keyframes within this many seconds of the query", (0.0, 1e6)),
+        **candidates.OPTIONS,  # which keyframes may be loop candidates: covisibility and trajectory, not time
+        "temporal_window_s": (0.0, "also ignore keyframes within this many seconds of the query (0: off; "
+                              "covisibility and distance travelled decide)", (0.0, 1e6)),
         "early_accept": (True, "CPU: verify candidates one by one in retrieval order and stop at the first "
                          "accepted (saves most matching time; on CUDA all K are matched in one batch regardless)",
                          None),
@@ -96,7 +100,8 @@ LEGACY_KEYS = {
     "early_accept": "retrieval.early_accept", "temporal_window_s": "retrieval.temporal_window_s",
     "pnp_threshold_px": "verify.pnp_threshold_px", "essential_threshold_px": "verify.essential_threshold_px",
     "min_inlier_ratio": "verify.min_inlier_ratio", "min_inliers": "loop.min_inliers",
-    **{k: f"loop.{k}" for k in ("consistency_required", "consistency_window_s", "consistency_dist_m",
+    "consistency_window_s": "",  # replaced by loop.consistency_window_kf (keyframes, not seconds): ignored
+    **{k: f"loop.{k}" for k in ("consistency_required", "consistency_dist_m",
                                  "consistency_angle_deg", "prior_dist_m", "prior_dist_per_m", "prior_angle_deg",
                                  "prior_angle_per_m", "use_pose_prior")},
     **{f"reloc_{k}": f"reloc.{k}" for k in ("min_inliers", "agree_dist_m", "agree_angle_deg", "strong_inliers",
@@ -113,8 +118,13 @@ def upgrade_conf(conf: dict | None) -> dict:
     if not legacy:
         return conf
     warnings.warn("flat engine options are deprecated and will be removed in the next release: "
-                  + ", ".join(f"{k} -> {LEGACY_KEYS[k]}" for k in legacy), FutureWarning, stacklevel=3)
-    nested = unflatten({LEGACY_KEYS[k]: v for k, v in legacy.items()})
+                  + ", ".join(f"{k} -> {LEGACY_KEYS[k]}" for k in legacy if LEGACY_KEYS[k]), FutureWarning,
+                  stacklevel=3)
+    dropped = [k for k in legacy if not LEGACY_KEYS[k]]
+    if dropped:
+        warnings.warn(f"engine options {dropped} no longer exist and are ignored (see loop.engine.OPTIONS)",
+                      FutureWarning, stacklevel=3)
+    nested = unflatten({LEGACY_KEYS[k]: v for k, v in legacy.items() if LEGACY_KEYS[k]})
     for section, values in nested.items():
         given = conf.get(section) or {}
         if not isinstance(given, dict):
@@ -147,20 +157,26 @@ class Engine:
     def __init__(self, conf: dict | None = None, kf_map: KeyframeMap | None = None) -> None:
         self.conf = check_conf(conf)
         c, f = self.conf, self.conf["features"]
+        learned = c["matcher"]["name"] == "lightglue"
         self.pipe = PairPipeline(
             # the classic mode still computes ALIKED descriptors, for retrieval only: both modes share retrieval
-            matcher="lightglue" if c["matcher"]["name"] == "lightglue" else "fused", suppression=f["suppression"],
-            sampling=f["sampling"], octave_levels=f["octave_levels"], weights=c["matcher"]["weights"],
-            device=c["device"], filter_threshold=c["matcher"]["filter_threshold"], detector=f["query_detector"],
-            max_keypoints=f["query_max_keypoints"])
+            matcher="lightglue" if learned else "fused", suppression=f["suppression"], sampling=f["sampling"],
+            octave_levels=f["octave_levels"], weights=c["matcher"]["weights"], device=c["device"],
+            backend=c["backend"], filter_threshold=c["matcher"]["filter_threshold"], detector=f["query_detector"],
+            max_keypoints=f["query_max_keypoints"], load_matcher=False)
+        self.matcher = (LightGlueKeyframes(lightglue_from(self.pipe.conf)) if learned
+                        else HammingKeyframes(self.pipe.conf["nn_ratio"]))
         self.map = kf_map if kf_map is not None else KeyframeMap()
         self.index = RetrievalIndex()
         self.lock = threading.RLock()
         self.acceptance = acceptance.LoopAcceptance(c["loop"])
+        self.neighbourhood = candidates.Neighbourhood(c["retrieval"])
         self.corrections = relocalize.LoopCorrections()
         self._path_length: dict[int, float] = {}  # cumulative SLAM path length at each keyframe
         self._stamp_of: dict[int, float] = {}  # keyframe stamps (loops never look forward in time)
         self._pose_of: dict[int, np.ndarray] = {}  # SLAM T_map_cam of each keyframe (for the pose graph)
+        self._order: list[int] = []  # keyframe ids in insertion order
+        self._ordinal: dict[int, int] = {}  # keyframe id -> position in _order
         self._last_kf: Keyframe | None = None
         self.timing: dict[str, list[float]] = {}
         self._next_id = 0
@@ -174,6 +190,9 @@ class Engine:
         self._path_length[kf.id] = (self._path_length.get(last.id, 0.0) if last else 0.0) + step
         self._stamp_of[kf.id] = kf.stamp
         self._pose_of[kf.id] = np.array(kf.T_map_cam, np.float64)
+        self._ordinal[kf.id] = len(self._order)
+        self._order.append(kf.id)
+        self.neighbourhood.push(kf)
         self._last_kf = kf
 
     def _rebuild_index(self) -> None:
@@ -182,6 +201,7 @@ class Engine:
         for kf_id in self.map.ids():
             self._remember(self.map.get(kf_id))
         self._next_id = max(self.map.ids()) + 1
+        self.corrections.hold(self.map.corrections())  # a map saved with its loop corrections starts corrected
 
     def reset(self) -> None:
         """Forget every keyframe and pending detection (the map file on disk is untouched)."""
@@ -191,14 +211,20 @@ class Engine:
             self._path_length.clear()
             self._stamp_of.clear()
             self._pose_of.clear()
+            self._order.clear()
+            self._ordinal.clear()
+            self.neighbourhood.reset()
             self._last_kf = None
             self.acceptance.reset()
             self.corrections.reset()
             self._next_id = 0
 
     def save_map(self, path: str) -> None:
-        """Write the keyframe map atomically (a crash mid-save leaves the previous file intact)."""
+        """Write the keyframe map with every keyframe's current loop correction (`correction`) atomically (a crash
+        mid-save leaves the previous file intact). Loaded again, its keyframes keep these corrections."""
         with self.lock:
+            self.map.set_corrections({i: self.corrections.correction(i, self._stamp_of, self._pose_of)
+                                      for i in self._order})
             self.map.save(path)
 
     def _tick(self, stage: str, t0: float) -> float:
@@ -232,12 +258,8 @@ class Engine:
                 kf.map_point_ids = np.concatenate([kf.map_point_ids, np.full(len(extra), -1, np.int64)])
         feats = self.pipe.extract(image, kf.keypoints)
         kf.kept = feats.kept.astype(np.int64)
-        desc = feats.descriptors.float().cpu().numpy()
-        if self.conf["matcher"]["name"] == "lightglue":
-            kf.descriptors = desc.astype(np.float16)
-        else:
-            kf.orb_desc, kf.orb_valid = feats.orb, feats.valid
-        kf.global_desc = global_descriptor(desc, kf.keypoints.xy[kf.kept], (w, h))
+        self.matcher.describe(kf, feats)
+        kf.global_desc = global_descriptor(feats.descriptors.float().cpu().numpy(), kf.keypoints.xy[kf.kept], (w, h))
         self._tick("extract", t0)
         return kf
 
@@ -262,28 +284,40 @@ class Engine:
         return self.detect_loops(kf)
 
     # ---------------------------------------------------------------- candidates and matching
-    def _candidates(self, kf: Keyframe, exclude_recent: bool) -> list[int]:
+    def _travelled(self, a: int, b: int) -> float:
+        """SLAM trajectory length between two keyframes of this session (inf when one is unknown)."""
+        if a not in self._path_length or b not in self._path_length:
+            return float("inf")
+        return abs(self._path_length[a] - self._path_length[b])
+
+    def _middle(self, a: int, b: int) -> Keyframe | None:
+        """The keyframe halfway (in insertion order) between two keyframes, or None when they are adjacent."""
+        ia, ib = self._ordinal.get(a), self._ordinal.get(b, len(self._order))
+        if ia is None or abs(ib - ia) < 2:
+            return None
+        return self.map.get(self._order[(ia + ib) // 2])
+
+    def _candidates(self, kf: Keyframe, loop: bool) -> list[int]:
+        """Retrieval top-K for a loop query (only older keyframes outside the query's neighbourhood, see
+        loop.candidates) or a relocalization query (any keyframe)."""
         r = self.conf["retrieval"]
-        window = r["temporal_window_s"] if exclude_recent else 0.0
         exclude: set[int] | object = {kf.id}
-        if exclude_recent:  # loops look only backwards in time, so a lagging verifier finds what a prompt one does
+        if loop:  # loops look only backwards in time, so a lagging verifier finds what a prompt one does
+            recent, points = self.neighbourhood.group(kf)
             stamps, q_stamp = self._stamp_of, kf.stamp
-            exclude = lambda i: i == kf.id or stamps.get(i, -np.inf) > q_stamp  # noqa: E731
+
+            def exclude(i: int) -> bool:
+                if i == kf.id or stamps.get(i, -np.inf) > q_stamp:
+                    return True
+                why = candidates.excluded(self.map.get(i), kf, recent, points, self._travelled(i, kf.id), r,
+                                          self._middle(i, kf.id))
+                if why:
+                    self.acceptance.refused["candidate excluded: " + why.split(" (")[0]] += 1
+                return why is not None
+
+        window = r["temporal_window_s"] if loop else 0.0
         hits = self.index.search(kf.global_desc, r["num_candidates"], exclude=exclude, stamp=kf.stamp, window=window)
         return [cid for cid, _ in hits]
-
-    def _match(self, q: Keyframe, cands: list[Keyframe]) -> list[np.ndarray]:
-        """Matches [S x 2] in keypoint indices (not kept indices) of the query and each candidate."""
-        if self.conf["matcher"]["name"] == "lightglue":
-            def feats(kf: Keyframe) -> dict:
-                return {"keypoints": kf.keypoints.xy[kf.kept], "descriptors": np.asarray(kf.descriptors, np.float32),
-                        "image_size": kf.image_size}
-            results = self.pipe.matcher.match(feats(q), [feats(c) for c in cands])
-            pairs = [r.matches.numpy() for r in results]
-        else:
-            pairs = [match_hamming(q.orb_desc, c.orb_desc, q.orb_valid, c.orb_valid, ratio=self.pipe.conf["nn_ratio"])[0]
-                     for c in cands]
-        return [np.stack([q.kept[p[:, 0]], c.kept[p[:, 1]]], -1).reshape(-1, 2) for p, c in zip(pairs, cands)]
 
     def _groups(self, cands: list[Keyframe]) -> list[list[Keyframe]]:
         """Candidates in matching batches: one at a time with early acceptance on CPU, all at once otherwise."""
@@ -299,7 +333,7 @@ class Engine:
         """
         t0 = time.perf_counter()
         with self.lock:
-            cand_ids = self._candidates(kf, exclude_recent=True)
+            cand_ids = self._candidates(kf, loop=True)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("retrieve", t0)
         if not cands:
@@ -307,14 +341,17 @@ class Engine:
         best: verify.Detection | None = None
         min_inliers = self.conf["loop"]["min_inliers"]
         for group in self._groups(cands):
-            pairs = self._match(kf, group)
+            pairs = self.matcher.match(kf, group)
             t0 = self._tick("match", t0)
             for c, p in zip(group, pairs):
                 d = verify.verify_pair(kf, c, p, min_inliers, self.conf["verify"])
                 if d is None:
+                    self.acceptance.refused["too few inliers"] += 1
                     continue
-                travelled = abs(self._path_length.get(d.kf_id, 0.0) - self._path_length.get(d.match_id, 0.0))
-                if self.acceptance.within_prior(d, travelled) and (best is None or d.inliers > best.inliers):
+                d.ordinal = self._ordinal.get(kf.id, len(self._order))
+                travelled = self._travelled(d.kf_id, d.match_id)
+                if (self.acceptance.supported(d) and self.acceptance.within_prior(d, travelled)
+                        and self._common_region(kf, c, d) and (best is None or d.inliers > best.inliers)):
                     best = d
             t0 = self._tick("geometry", t0)
             if best is not None:
@@ -323,6 +360,28 @@ class Engine:
             return []
         with self.lock:
             return [self._to_loop(d) for d in self.acceptance.add(best)]
+
+    def _common_region(self, q: Keyframe, c: Keyframe, d: verify.Detection) -> bool:
+        """Does the detection's pose also explain matches to a keyframe next to the candidate? (metric only)"""
+        lc = self.conf["loop"]
+        if not (lc["common_region"] and d.metric):
+            return True
+        with self.lock:
+            k = self._ordinal.get(c.id)
+            if k is None:
+                return True
+            n = lc["common_neighbours"]
+            near = [self._order[j] for j in range(max(0, k - n), min(len(self._order), k + n + 1)) if j != k]
+            recent, _ = self.neighbourhood.group(q)
+            near = [i for i in near if i != q.id and i not in recent and self._stamp_of.get(i, np.inf) < q.stamp]
+            neighbours = [self.map.get(i) for i in near]
+        used = d.correspondences[:, 0]
+        for nb in neighbours:
+            if verify.projection_matches(q, d.T_map_query, nb, used, lc["common_radius_px"],
+                                         lc["common_min_similarity"], lc["common_max_hamming"]) >= lc["common_min_matches"]:
+                return True
+        self.acceptance.refused["no common region with the candidate's neighbours"] += 1
+        return False
 
     def _to_loop(self, d: verify.Detection) -> LoopClosure:
         q, m = self.map.get(d.kf_id), self.map.get(d.match_id)
@@ -343,7 +402,7 @@ class Engine:
             return Relocalization(stamp, False, reason="no candidate: the map is empty")
         q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1)
         with self.lock:
-            cand_ids = self._candidates(q, exclude_recent=False)
+            cand_ids = self._candidates(q, loop=False)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("reloc_retrieve", t0)
         if not cands:
@@ -351,7 +410,7 @@ class Engine:
         rc = self.conf["reloc"]
         poses: list[relocalize.CandidatePose] = []
         for group in self._groups(cands):
-            for cand, p in zip(group, self._match(q, group)):
+            for cand, p in zip(group, self.matcher.match(q, group)):
                 pose = verify.pnp_pose(q, cand, p, rc["min_inliers"], self.conf["verify"])
                 if pose is not None:
                     T, cov, inl, _ = pose
@@ -360,6 +419,26 @@ class Engine:
                 break  # two agreeing candidates and no disagreeing one: early acceptance
         self._tick("reloc_verify", t0)
         return relocalize.decide(stamp, poses, rc)
+
+    # ---------------------------------------------------------------- loop-corrected poses
+    def correction(self, kf_id: int | None = None) -> np.ndarray:
+        """T_corrected_slam [4 x 4] of a keyframe (default: the newest): the transform that moves its SLAM pose
+        onto the pose graph's solution over this session's SLAM poses and accepted metric loops. Identity
+        before the first loop. The corrected frame is the SLAM frame at the session's first keyframe, or, once a
+        loop joins this session to a map loaded with its corrections, that map's corrected frame. Keyframes of
+        such a map keep the correction they were saved with (see relocalize.LoopCorrections)."""
+        with self.lock:
+            if kf_id is None:
+                if self._last_kf is None:
+                    return np.eye(4)
+                kf_id = self._last_kf.id
+            return self.corrections.correction(kf_id, self._stamp_of, self._pose_of)
+
+    def corrected_poses(self) -> dict[int, np.ndarray]:
+        """Keyframe id -> corrected T_map_cam [4 x 4] (SLAM pose after the pose graph), insertion order."""
+        with self.lock:
+            return {i: self.corrections.correction(i, self._stamp_of, self._pose_of) @ self._pose_of[i]
+                    for i in self._order}
 
     def _correction(self, kf_id: int) -> np.ndarray:
         """T_corrected_slam of a candidate keyframe (identity unless reloc.loop_corrected and loops exist)."""

@@ -128,13 +128,18 @@ def _loop_noise(cov, c: dict, kernel: str):
 
 def optimize_pose_graph(poses: Mapping[int, np.ndarray], order: Sequence[int],
                         loops: Sequence[tuple[int, int, np.ndarray, np.ndarray | None]],
-                        conf: dict | None = None) -> dict[int, np.ndarray]:
+                        conf: dict | None = None,
+                        fixed: Mapping[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Correct keyframe poses with loop constraints; returns {id: corrected T_map_cam (4x4)} for ids in order.
 
     poses: keyframe id (int >= 0) -> T_map_cam from the SLAM; order: ids in temporal order (odometry edges
     join consecutive ones, keeping the SLAM relative pose; ids of `poses` not in `order` are left out).
     loops: (query_id, match_id, T_match_query, cov 6x6 or None) -> robust Between(match, query) factor with
     the covariance floored (see POSEGRAPH_CONF). The first id of `order` is held at its SLAM pose.
+    fixed: optional keyframe id -> pose held where it is (e.g. a loaded map's keyframe at its corrected pose),
+    outside the odometry chain; a loop may join one of them to a keyframe of `order` (not two fixed ones).
+    When a loop does, the fixed poses set the frame instead of the first id of `order`, and the chain starts
+    rigidly moved onto the first such loop.
     Levenberg-Marquardt from the SLAM poses.
     """
     import gtsam
@@ -154,12 +159,18 @@ def optimize_pose_graph(poses: Mapping[int, np.ndarray], order: Sequence[int],
     if min(order) < 0:
         raise ValueError("keyframe ids must be >= 0 (they are gtsam keys)")
     T = {i: _check_T(poses[i], f"poses[{i}]") for i in order}
+    F = {int(i): _check_T(P, f"fixed[{i}]") for i, P in (fixed or {}).items()}
+    if set(F) & set(order):
+        raise ValueError(f"keyframes both fixed and in order: {sorted(set(F) & set(order))[:10]}")
+    if F and min(F) < 0:
+        raise ValueError("keyframe ids must be >= 0 (they are gtsam keys)")
 
     kernel = str(c["loop_kernel"]).lower()
     if kernel not in ("huber", "cauchy", "dcs", "none"):
         raise ValueError(f"loop_kernel must be 'huber', 'cauchy', 'dcs' or 'none', got {c['loop_kernel']!r}")
-    in_graph = set(order)
+    in_graph = set(order) | set(F)
     checked = []
+    shift = None  # T_fixed_slam: moves the chain onto the first loop to a fixed keyframe (initial values only)
     for n, loop in enumerate(loops):
         if len(loop) != 4:
             raise ValueError(f"loop {n} must be (query_id, match_id, T_match_query, covariance)")
@@ -168,14 +179,26 @@ def optimize_pose_graph(poses: Mapping[int, np.ndarray], order: Sequence[int],
             raise ValueError(f"loop {n} ({q} -> {m}) refers to a keyframe not in order")
         if q == m:
             raise ValueError(f"loop {n} joins keyframe {q} to itself")
-        checked.append((q, m, _pose3(_check_T(loop[2], f"loop {n} T_match_query")), loop[3]))
+        if q in F and m in F:
+            raise ValueError(f"loop {n} ({q} -> {m}) joins two fixed keyframes")
+        T_m_q = _check_T(loop[2], f"loop {n} T_match_query")
+        if shift is None and m in F:
+            shift = F[m] @ T_m_q @ invert_T(T[q])
+        elif shift is None and q in F:
+            shift = F[q] @ invert_T(T_m_q) @ invert_T(T[m])
+        checked.append((q, m, _pose3(T_m_q), loop[3]))
 
     graph = gtsam.NonlinearFactorGraph()
     values = gtsam.Values()
     for i in order:
-        values.insert(i, _pose3(T[i]))
+        values.insert(i, _pose3(T[i] if shift is None else shift @ T[i]))
     prior = gtsam.noiseModel.Diagonal.Sigmas(np.r_[[c["prior_rot_sigma"]] * 3, [c["prior_trans_sigma"]] * 3])
-    graph.add(gtsam.PriorFactorPose3(order[0], _pose3(T[order[0]]), prior))
+    anchors = sorted({k for q, m, _, _ in checked for k in (q, m) if k in F})
+    for i in anchors:
+        values.insert(i, _pose3(F[i]))
+        graph.add(gtsam.PriorFactorPose3(i, _pose3(F[i]), prior))
+    if not anchors:
+        graph.add(gtsam.PriorFactorPose3(order[0], _pose3(T[order[0]]), prior))
     for a, b in zip(order[:-1], order[1:]):
         T_a_b = invert_T(T[a]) @ T[b]
         d = float(np.linalg.norm(T_a_b[:3, 3]))

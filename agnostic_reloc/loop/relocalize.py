@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,13 +52,18 @@ class LoopCorrections:
     """T_corrected_slam per keyframe from a pose graph over the SLAM keyframe poses and the accepted metric loops.
 
     The graph is re-solved lazily when loops were added; a keyframe newer than the last solution takes the
-    correction of the newest solved keyframe; keyframes unknown to this session (loaded from a map file) keep
-    the identity.
+    correction of the newest solved keyframe. Keyframes of a loaded map that was saved with its corrections are
+    held (`hold`): they keep their stored correction and stay out of the graph's free poses, so the loops of an
+    earlier session (not stored) are not undone; a loop of this session to one of them enters the graph with
+    that keyframe fixed at its corrected pose, which moves this session's keyframes into the loaded map's
+    corrected frame. Keyframes of a map saved without corrections are part of the graph like this session's;
+    keyframes unknown to `stamps` / `poses` keep the identity.
     """
 
     def __init__(self) -> None:
         self.loops: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (query, match, T_match_query, cov)
         self.corrections: dict[int, np.ndarray] = {}  # kf id -> T_corrected_slam from the last solve
+        self.held: dict[int, np.ndarray] = {}  # kf id -> T_corrected_slam stored with a loaded map (never solved)
         self._solved_loops = 0  # loops used by the last solve
         self._newest: tuple[float, int] | None = None  # (stamp, id) of the newest solved keyframe
         self.solve_ms: list[float] = []
@@ -68,16 +74,23 @@ class LoopCorrections:
     def add_loop(self, query_id: int, match_id: int, T_match_query: np.ndarray, covariance: np.ndarray) -> None:
         self.loops.append((query_id, match_id, T_match_query, covariance))
 
+    def hold(self, corrections: Mapping[int, np.ndarray]) -> None:
+        """Keep these keyframes at the given T_corrected_slam [4 x 4] (a loaded map's stored corrections)."""
+        self.held.update({int(i): np.asarray(T, np.float64) for i, T in corrections.items()})
+        self._solved_loops = -1  # the graph's free keyframes changed
+
     def correction(self, kf_id: int, stamps: dict[int, float], poses: dict[int, np.ndarray]) -> np.ndarray:
-        """T_corrected_slam [4 x 4] of a keyframe. stamps / poses: this session's keyframes (id -> stamp,
-        id -> SLAM T_map_cam)."""
+        """T_corrected_slam [4 x 4] of a keyframe. stamps / poses: the engine's keyframes (id -> stamp,
+        id -> SLAM T_map_cam), held ones included."""
+        if kf_id in self.held:
+            return self.held[kf_id]
         if not self.loops:
             return np.eye(4)
         if self._solved_loops != len(self.loops):
             self._solve(stamps, poses)
         if kf_id in self.corrections:
             return self.corrections[kf_id]
-        if kf_id not in stamps or self._newest is None:  # another session's keyframe: not in the graph
+        if kf_id not in stamps or self._newest is None:  # not in the graph
             return np.eye(4)
         if stamps[kf_id] >= self._newest[0]:
             return self.corrections[self._newest[1]]
@@ -88,10 +101,17 @@ class LoopCorrections:
         from .posegraph import optimize_pose_graph
 
         t0 = time.perf_counter()
-        order = sorted(poses, key=stamps.get)
-        loops = [lp for lp in self.loops if lp[0] in poses and lp[1] in poses]
+        free = {i: T for i, T in poses.items() if i not in self.held}
+        order = sorted(free, key=stamps.get)
+        loops, anchors = [], {}  # anchors: held keyframe -> its corrected pose T_corrected_cam
+        for lp in self.loops:
+            q, m = lp[0], lp[1]
+            held = [k for k in (q, m) if k in self.held and k in poses]
+            if all(k in free or k in held for k in (q, m)) and len(held) < 2:
+                loops.append(lp)
+                anchors.update({k: self.held[k] @ poses[k] for k in held})
         try:
-            corrected = optimize_pose_graph(poses, order, loops) if loops and len(order) > 1 else {}
+            corrected = optimize_pose_graph(free, order, loops, fixed=anchors) if loops and order else {}
         except (RuntimeError, ValueError) as exc:  # an unsolvable graph: compare in the SLAM frame
             logger.warning("pose graph for relocalization failed (%s): comparing candidates uncorrected", exc)
             corrected = {}

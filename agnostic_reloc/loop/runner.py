@@ -33,8 +33,7 @@ def step(engine: Engine, ev: KeyframeEvent | QueryEvent, result: RunResult) -> L
     (success or not) or None for a keyframe. Malformed input is rejected with its reason, never fatal."""
     if isinstance(ev, KeyframeEvent):
         try:
-            kf = engine.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
-                                      ev.map_point_ids, ev.kf_id)
+            kf = engine.make_keyframe_from(ev)
         except ValueError as exc:
             result.rejected.append((ev.stamp, str(exc)))
             logger.warning("keyframe at %.3f rejected: %s", ev.stamp, exc)

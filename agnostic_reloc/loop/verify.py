@@ -45,6 +45,8 @@ class Detection:
     ratio: float  # inliers / matches used by the estimator
     metric: bool  # True: PnP against map points; False: essential matrix
     correction: np.ndarray  # [4 x 4] T_map_query @ inv(query's SLAM T_map_cam)
+    spread: float = 0.0  # share of a 4 x 4 grid of the query image that holds inliers
+    ordinal: int = 0  # the query keyframe's insertion number (consistency counts keyframes, not seconds)
 
 
 def pnp_pose(q: Keyframe, c: Keyframe, pairs: np.ndarray, min_inliers: int, conf: dict):
@@ -100,8 +102,9 @@ def verify_pair(q: Keyframe, c: Keyframe, pairs: np.ndarray, min_inliers: int, c
         cov = res.covariance if res.covariance is not None else np.eye(6)
     correction = T_map_query @ invert_T(q.T_map_cam)
     inl_pairs = inl_pairs[(inl_pairs[:, 0] < q.n_slam) & (inl_pairs[:, 1] < c.n_slam)]
+    spread = inlier_spread(q.keypoints.xy[inl_pairs[:, 0]], q.image_size)
     return Detection(q.id, q.stamp, c.id, T_match_query, T_map_query, cov, inl_pairs.astype(np.int64),
-                     num_inliers, ratio, metric, correction)
+                     num_inliers, ratio, metric, correction, spread)
 
 
 def inlier_spread(xy: np.ndarray, image_size: tuple[int, int], grid: int = 4) -> float:

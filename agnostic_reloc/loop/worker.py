@@ -139,8 +139,7 @@ class EngineWorker:
         if kind == "keyframe":
             ev: KeyframeEvent = item
             try:
-                kf = eng.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
-                                       ev.map_point_ids, ev.kf_id)
+                kf = eng.make_keyframe_from(ev)
             except ValueError as exc:
                 self.on_error("keyframe", str(exc))
                 return

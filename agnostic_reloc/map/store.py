@@ -17,6 +17,15 @@ kf_kp_offset[i]:kf_kp_offset[i+1] (resp. kf_kept_offset) of them. An optional fi
 descriptors, orb_desc, ...) is either written for every keyframe (filler rows where a keyframe has none,
 its bit in kf_flags cleared) or, when no keyframe has it, written with zero rows.
 
+Loop corrections: the optional per-keyframe array `kf_T_corrected_slam` [N x 4 x 4] float64 holds each
+keyframe's T_corrected_slam, the transform that moves its SLAM pose `kf_T_map_cam` onto the loop-corrected
+(pose-graph) trajectory: T_corrected_cam = T_corrected_slam @ T_map_cam (bit 128 of kf_flags set where a
+keyframe has one; zero rows when none has). The correction is stored rather than T_corrected_cam so that a
+reloaded map gives back exactly the correction it was saved with. The array was added within version 1:
+readers ignore arrays they do not know, so a build that predates it still reads such a file (without the
+corrections), and a file without it (written before it existed, or re-saved by such a build, bit 128 possibly
+left set) loads with no corrections.
+
 Saving writes `path + ".tmp-<pid>"`, fsyncs it and `os.replace`s it over `path`, so a crash mid-save leaves
 the previous map intact. A writer killed mid-save (SIGKILL, power loss) leaves its temporary behind, as big as
 the map; the next save or load of the same path removes the temporaries of writers that are gone (see
@@ -42,7 +51,7 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -62,6 +71,8 @@ STALE_TMP_AGE_S = 3600.0  # a temporary not written to for this long is stale ev
 # flag bits in kf_flags: which optional Keyframe fields are present
 _FLAGS = {"map_points": 1, "map_point_ids": 2, "kept": 4, "descriptors": 8, "global_desc": 16,
           "orb_desc": 32, "orb_valid": 64}
+_CORRECTED = 128  # kf_flags bit: the keyframe has a loop correction in kf_T_corrected_slam
+_CORRECTION_ARRAY = "kf_T_corrected_slam"  # optional per-keyframe array [N x 4 x 4] float64 (or [0 x 4 x 4])
 
 # flat arrays: name -> (per, numpy dtype, trailing shape or None for "descriptor dim", filler value)
 _KP_ARRAYS = {
@@ -351,6 +362,7 @@ class KeyframeMap:
         self._global = _RowStore(0, np.float32)
         self.desc_dim: int | None = None  # ALIKED descriptor dim D of the map (set by the first keyframe)
         self.global_dim: int | None = None  # global descriptor dim G (set by the first keyframe)
+        self._corrections: dict[int, np.ndarray] = {}  # kf id -> T_corrected_slam [4 x 4] (read-only)
 
     # ------------------------------------------------------------------ container
     def add(self, kf: Keyframe) -> None:
@@ -396,6 +408,7 @@ class KeyframeMap:
                 self._ram_bytes -= _kf_nbytes(item)  # type: ignore[arg-type]
             self._positions.remove(int(kid))
             self._global.remove(int(kid))
+            self._corrections.pop(int(kid), None)
 
     def clear(self) -> None:
         with self._lock:
@@ -422,6 +435,33 @@ class KeyframeMap:
             except KeyError:
                 continue
 
+    def set_corrections(self, corrections: Mapping[int, np.ndarray]) -> None:
+        """Store the loop corrections T_corrected_slam [4 x 4] of the given keyframes (replacing theirs; other
+        keyframes keep what they have). They are written by `save` and given back by `corrections` after `load`.
+
+        Raises:
+            ValueError: an id that is not in the map, or a matrix that is not a finite 4x4 rigid transform.
+        """
+        checked = {}
+        for kid, T in corrections.items():
+            T = np.array(T, np.float64)
+            if T.shape != (4, 4) or not np.isfinite(T).all() or np.abs(T[3] - [0, 0, 0, 1]).max() > 1e-9:
+                raise ValueError(f"keyframe {kid}: correction must be a finite 4x4 transform (last row 0 0 0 1), "
+                                 f"got shape {T.shape}")
+            T.flags.writeable = False
+            checked[int(kid)] = T
+        with self._lock:
+            unknown = [kid for kid in checked if kid not in self._where]
+            if unknown:
+                raise ValueError(f"corrections for keyframes not in the map: {unknown[:10]}")
+            self._corrections.update(checked)
+
+    def corrections(self) -> dict[int, np.ndarray]:
+        """Keyframe id -> stored T_corrected_slam [4 x 4] float64 (read-only), for the keyframes that have one, in
+        insertion order. A map loaded from a file without corrections has none."""
+        with self._lock:
+            return {kid: self._corrections[kid] for kid in self._where if kid in self._corrections}
+
     def global_descriptors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids [N] int64, G [N x D] float32) of keyframes with a global descriptor, insertion order.
 
@@ -444,7 +484,7 @@ class KeyframeMap:
             shared = sum(s.arrays["kf_global_desc"].nbytes for s in segs.values()
                          if s.arrays["kf_global_desc"] is self._global.rows)
             return (self._ram_bytes + sum(s.ram_bytes() for s in segs.values()) + self._positions.nbytes()
-                    + self._global.nbytes() - shared + 120 * len(self._where))
+                    + self._global.nbytes() - shared + 120 * len(self._where) + 250 * len(self._corrections))
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike) -> None:
@@ -454,14 +494,15 @@ class KeyframeMap:
         (`remove_stale_temporaries`).
         """
         path = os.fspath(path)
-        with self._lock:  # snapshot: entries are immutable references, the writing runs unlocked
+        with self._lock:  # snapshot: entries and corrections are immutable references, the writing runs unlocked
             entries = list(self._where.values())
             desc_dim, global_dim = self.desc_dim, self.global_dim
+            corrections = dict(self._corrections)
         remove_stale_temporaries(path)
         tmp = _tmp_path(path)
         try:
             with open(tmp, "wb") as f:
-                _write(f, entries, desc_dim, global_dim)
+                _write(f, entries, desc_dim, global_dim, corrections)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -516,6 +557,9 @@ class KeyframeMap:
             out._add_global(ids, arrays["kf_global_desc"], adopt=True)
         elif has_g.any():
             out._add_global(ids[has_g], arrays["kf_global_desc"][has_g])
+        corrected = arrays.get(_CORRECTION_ARRAY)
+        if corrected is not None and len(corrected):  # absent: an older file, whatever bit 128 says
+            out._corrections = {int(ids[r]): corrected[r] for r in np.flatnonzero(flags & _CORRECTED)}
         return out
 
 
@@ -536,8 +580,10 @@ def _keypoint_field(kf: Keyframe, name: str):
     return getattr(kf, name)
 
 
-def _write(f, entries: list, desc_dim: int | None, global_dim: int | None) -> None:
-    """Stream the keyframes `entries` ((segment, row) or (None, Keyframe)) into the open file `f`."""
+def _write(f, entries: list, desc_dim: int | None, global_dim: int | None,
+           corrections: dict[int, np.ndarray] | None = None) -> None:
+    """Stream the keyframes `entries` ((segment, row) or (None, Keyframe)) and their loop `corrections`
+    (kf id -> T_corrected_slam) into the open file `f`."""
     n = len(entries)
     # ---- per-keyframe arrays (in RAM)
     kf = {name: np.zeros((n, *(shape if shape is not None else (global_dim or 0,))), dtype)
@@ -569,6 +615,11 @@ def _write(f, entries: list, desc_dim: int | None, global_dim: int | None) -> No
             present[name] |= bool(kf["kf_flags"][i] & bit)
     if not present["global_desc"]:
         kf["kf_global_desc"] = np.zeros((0, 0), np.float32)
+    corrections = corrections or {}
+    has = np.array([kid in corrections for kid in kf["kf_id"].tolist()], bool)
+    kf["kf_flags"] = np.where(has, kf["kf_flags"] | _CORRECTED, kf["kf_flags"] & ~np.uint8(_CORRECTED)).astype(np.uint8)
+    kf[_CORRECTION_ARRAY] = (np.stack([corrections.get(kid, np.eye(4)) for kid in kf["kf_id"].tolist()])
+                             .astype(np.float64) if has.any() else np.zeros((0, 4, 4), np.float64))
     kf["kf_kp_offset"] = np.concatenate([[0], np.cumsum(n_kp)]).astype(np.int64)
     kf["kf_kept_offset"] = np.concatenate([[0], np.cumsum(n_kept)]).astype(np.int64)
     P, Q = int(kf["kf_kp_offset"][-1]), int(kf["kf_kept_offset"][-1])
@@ -591,7 +642,8 @@ def _write(f, entries: list, desc_dim: int | None, global_dim: int | None) -> No
                     "host": socket.gethostname(), "pid": os.getpid(),
                     "python": sys.version.split()[0], "numpy": np.__version__,
                     "writer": "agnostic_reloc.mapstore"},
-        "n_keyframes": n, "n_keypoints": P, "n_kept": Q, "descriptor_dim": desc_dim, "global_dim": global_dim,
+        "n_keyframes": n, "n_keypoints": P, "n_kept": Q, "n_corrected": int(has.sum()),
+        "descriptor_dim": desc_dim, "global_dim": global_dim,
         "file_size": 0, "arrays": specs,
     }
     for spec in specs.values():  # widest values: reserve room for the real ones
@@ -722,6 +774,7 @@ def _read(path: str, mmap: bool, verify: bool) -> dict[str, np.ndarray]:
             missing = wanted - set(specs)
             if missing:
                 raise KeyError(f"arrays {sorted(missing)}")
+            wanted |= {_CORRECTION_ARRAY} & set(specs)  # optional; other unknown arrays are skipped
             layout = {name: (np.dtype(specs[name]["dtype"]), tuple(int(s) for s in specs[name]["shape"]),
                              int(specs[name]["offset"]), int(specs[name]["nbytes"]), int(specs[name]["crc32"]))
                       for name in wanted}
@@ -751,6 +804,8 @@ def _read(path: str, mmap: bool, verify: bool) -> dict[str, np.ndarray]:
     n = layout["kf_id"][1][0]
     if layout["kf_kp_offset"][1] != (n + 1,) or layout["kf_kept_offset"][1] != (n + 1,):
         raise bad("keyframe offset arrays do not match the number of keyframes")
+    if _CORRECTION_ARRAY in layout and layout[_CORRECTION_ARRAY][1] not in ((0, 4, 4), (n, 4, 4)):
+        raise bad(f"array {_CORRECTION_ARRAY} has shape {layout[_CORRECTION_ARRAY][1]}, expected (0 or {n}, 4, 4)")
     for off, names in (("kf_kp_offset", _KP_ARRAYS), ("kf_kept_offset", _KEPT_ARRAYS)):
         o = arrays[off]
         if n and (o[0] != 0 or np.any(np.diff(o) < 0)):

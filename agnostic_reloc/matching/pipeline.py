@@ -36,10 +36,12 @@ default_conf = {
     "matcher": "fused",  # lightglue | nn (ORB Hamming, classic) | fused (LightGlue + Hamming), see README
     "weights": None,  # fine-tuned LightGlue checkpoint path (default: official ALIKED LightGlue)
     "device": "auto",  # cpu | cuda | auto
+    "backend": "auto",  # network runtime on CPU: auto | torch | openvino | onnxruntime (inference.backends)
     "filter_threshold": 0.01,  # LightGlue match confidence (0.01 beat LightGlue's 0.1 on hard pairs)
     "depth_confidence": 0.95,  # LightGlue adaptive depth (-1 off)
     "width_confidence": 0.99,  # LightGlue adaptive width (-1 off)
     "nn_ratio": 0.9,  # Hamming ratio test
+    "load_matcher": True,  # False: extract only (the engine matches keyframes with its own KeyframeMatcher)
 }
 
 
@@ -67,6 +69,13 @@ class MatchResult:
     timing_ms: dict = field(default_factory=dict)
 
 
+def lightglue_from(c: dict) -> LightGlueMatcher:
+    """The LightGlue matcher of a pipeline conf."""
+    return LightGlueMatcher(weights=c["weights"], device=c["device"], filter_threshold=c["filter_threshold"],
+                            depth_confidence=c["depth_confidence"], width_confidence=c["width_confidence"],
+                            backend=c["backend"])
+
+
 def check_conf(conf: dict) -> dict:
     conf = merge_conf(default_conf, conf, "pipeline options")
     if conf["detector"] not in DETECTORS:
@@ -90,11 +99,9 @@ class PairPipeline:
         self.matcher = None
         if c["matcher"] in ("lightglue", "fused"):
             self.aliked = get_aliked(c["aliked_model"], c["device"], sampling=c["sampling"],
-                                     octave_levels=tuple(c["octave_levels"]))
-            self.matcher = LightGlueMatcher(weights=c["weights"], device=c["device"],
-                                            filter_threshold=c["filter_threshold"],
-                                            depth_confidence=c["depth_confidence"],
-                                            width_confidence=c["width_confidence"])
+                                     octave_levels=tuple(c["octave_levels"]), backend=c["backend"])
+        if c["matcher"] in ("lightglue", "fused") and c["load_matcher"]:
+            self.matcher = lightglue_from(c)
 
     def keypoints(self, image: np.ndarray) -> Keypoints:
         c = self.conf

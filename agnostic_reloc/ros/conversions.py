@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
@@ -46,6 +47,24 @@ def fill_pose(pose: Pose, T: np.ndarray) -> Pose:
 def pose_stamped(T: np.ndarray, stamp_ns_: int, frame_id: str) -> PoseStamped:
     msg = PoseStamped(header=make_header(stamp_ns_, frame_id))
     fill_pose(msg.pose, T)
+    return msg
+
+
+def transform_stamped(T_parent_child: np.ndarray, stamp_ns_: int, parent: str, child: str) -> TransformStamped:
+    """T_parent_child [4 x 4] (child coordinates -> parent coordinates) -> TransformStamped, as tf2 reads it
+    (header.frame_id = parent, child_frame_id = child)."""
+    msg = TransformStamped(header=make_header(stamp_ns_, parent), child_frame_id=child)
+    t, q = T_to_pose(T_parent_child)
+    tr, rot = msg.transform.translation, msg.transform.rotation
+    tr.x, tr.y, tr.z = map(float, t)
+    rot.x, rot.y, rot.z, rot.w = map(float, q)
+    return msg
+
+
+def path(poses: list[np.ndarray], stamps_ns: list[int], frame_id: str, stamp_ns_: int) -> Path:
+    """Poses T_frame_cam [4 x 4] with their stamps -> nav_msgs/Path in `frame_id` (header stamp `stamp_ns_`)."""
+    msg = Path(header=make_header(stamp_ns_, frame_id))
+    msg.poses = [pose_stamped(T, ns, frame_id) for T, ns in zip(poses, stamps_ns)]
     return msg
 
 

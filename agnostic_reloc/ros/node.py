@@ -7,8 +7,13 @@ GPU/CPU work and publishes results. Bad input is dropped with a throttled warnin
 QoS: contract inputs (keypoints, poses, tracking state) reliable, keep-last 100 (keyframes must not be
 lost); images and camera info reliable or best-effort (`image_reliability`), keep-last `image_queue_depth`;
 query images keep-last 2. Outputs: loop closures and matches reliable keep-last 100, relocalization
-reliable keep-last 10, loop markers reliable + transient local (latched for RViz), matches image
-keep-last 1.
+reliable keep-last 10, loop markers, corrected path and correction reliable + transient local (latched for
+RViz and late subscribers), corrected pose reliable keep-last 10, matches image keep-last 1.
+
+Loop-corrected poses: the engine's pose graph (SLAM keyframe poses + accepted metric loops) gives each
+keyframe a correction T_corrected_slam. The node publishes it as the transform `corrected_frame` (parent) ->
+`map_frame` (child), like map -> odom in REP 105: on ~/correction always, and on /tf when tf2_ros is
+importable. All of it is published from the worker thread, where the pose graph is solved.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -82,6 +88,13 @@ class RelocNode(Node):
             self.get_logger().warn("no CUDA GPU in use: running on CPU (expect seconds per keyframe, see README)")
         else:
             self.get_logger().info(f"running on {self.device}")
+
+        # loop-corrected outputs: the newest keyframe of this session (id, stamp ns, SLAM T_map_cam), its
+        # correction T_corrected_slam (re-broadcast on /tf by a timer), keyframe stamps for ~/corrected_path
+        self._newest: tuple[int, int, np.ndarray] | None = None
+        self._T_corrected_slam: np.ndarray | None = None
+        self._kf_stamps = {kf.id: seconds_to_ns(kf.stamp) for kf in self.engine.map}
+        self._kf_since_path = 0
 
         self.worker = EngineWorker(self.engine, self._publish_loops, self._publish_relocalization,
                                    self._on_keyframe, self._on_worker_error, int(self.p["query_queue_size"]))
@@ -144,11 +157,32 @@ class RelocNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_edges = self.create_publisher(MarkerArray, OUTPUT_TOPICS["loop_edges"], latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, OUTPUT_TOPICS["diagnostics"], QoSProfile(depth=10))
+        self.pub_corrected_path = self.create_publisher(Path, OUTPUT_TOPICS["corrected_path"], latched)
+        self.pub_corrected_pose = self.create_publisher(PoseStamped, OUTPUT_TOPICS["corrected_pose"],
+                                                        QoSProfile(depth=10))
+        self.pub_correction = self.create_publisher(TransformStamped, OUTPUT_TOPICS["correction"], latched)
+        self.tf = self._make_tf_broadcaster()
         self.create_service(Trigger, "~/save_map", self._srv_save_map)
         self.create_service(Trigger, "~/reset_map", self._srv_reset_map)
         self.create_timer(float(p["diagnostics_period_s"]), self._publish_diagnostics)
+        if self.tf is not None and float(p["correction_tf_period_s"]) > 0:
+            self.create_timer(float(p["correction_tf_period_s"]), self._broadcast_correction)
         if len(self.engine.map):
             self._publish_edges()
+            self._publish_corrected(path=True)  # a loaded map, with the corrections it was saved with
+
+    def _make_tf_broadcaster(self):
+        """tf2_ros.TransformBroadcaster where tf2_ros is importable (a ROS distro), else None; says which once."""
+        frames = f"{self.p['corrected_frame']} -> {self.p['map_frame']}"
+        try:
+            from tf2_ros import TransformBroadcaster
+        except ImportError:
+            self.get_logger().info(f"loop correction {frames}: published on {OUTPUT_TOPICS['correction']} only "
+                                   f"(geometry_msgs/TransformStamped); tf2_ros is not importable, so not on /tf")
+            return None
+        self.get_logger().info(f"loop correction {frames}: broadcast on /tf (tf2_ros) and published on "
+                               f"{OUTPUT_TOPICS['correction']}")
+        return TransformBroadcaster(self)
 
     def _make_syncs(self, kf_types, fr_types, queue_size: int, slop_ns: int) -> str:
         """message_filters when importable (every ROS 2 distro has it), else the in-package StampSync."""
@@ -263,6 +297,10 @@ class RelocNode(Node):
                 self._thumbs.popitem(last=False)
         if len(self.engine.map) % 10 == 0:
             self._publish_edges()
+        self._kf_stamps[kf.id] = seconds_to_ns(kf.stamp)
+        self._newest = (kf.id, seconds_to_ns(kf.stamp), np.asarray(kf.T_map_cam, np.float64))
+        self._kf_since_path += 1
+        self._publish_corrected(path=self._kf_since_path >= int(self.p["corrected_path_every_kf"]))
 
     def _publish_loops(self, loops: list[LoopClosure], kf: Keyframe) -> None:
         for lc in loops:
@@ -276,6 +314,36 @@ class RelocNode(Node):
                                    f"{lc.inliers} inliers")
             self._matches_image(lc.query_id, lc.match_id, lc.correspondences)
         self._publish_edges()
+        self._publish_corrected(path=True)  # the loops moved the corrected trajectory
+
+    def _publish_corrected(self, path: bool) -> None:
+        """~/correction (+ /tf) and ~/corrected_pose of the newest keyframe; ~/corrected_path too when `path`.
+
+        Worker thread only: the first call after a loop solves the pose graph. The path holds every keyframe
+        (O(map size) to build: ~0.1 s for 3000 keyframes), hence only on loops and every corrected_path_every_kf
+        keyframes; the correction and the pose are O(1).
+        """
+        frame = self.p["corrected_frame"]
+        newest = self._newest
+        if newest is not None:
+            kf_id, ns, T_map_cam = newest
+            T = self.engine.correction(kf_id)
+            self._T_corrected_slam = T
+            self.pub_correction.publish(cv.transform_stamped(T, ns, frame, self.p["map_frame"]))
+            self._broadcast_correction()
+            self.pub_corrected_pose.publish(cv.pose_stamped(T @ T_map_cam, ns, frame))
+        if path:
+            self._kf_since_path = 0
+            poses = self.engine.corrected_poses()
+            stamps = [self._kf_stamps.get(i, 0) for i in poses]
+            self.pub_corrected_path.publish(cv.path(list(poses.values()), stamps, frame, max(stamps, default=0)))
+
+    def _broadcast_correction(self) -> None:
+        """The latest correction on /tf, stamped now (map -> odom style), when tf2_ros is there."""
+        T = self._T_corrected_slam
+        if self.tf is not None and T is not None:
+            self.tf.sendTransform(cv.transform_stamped(T, self.get_clock().now().nanoseconds,
+                                                       self.p["corrected_frame"], self.p["map_frame"]))
 
     def _publish_relocalization(self, r: Relocalization, q: QueryEvent) -> None:
         ns = seconds_to_ns(r.stamp)
@@ -380,6 +448,10 @@ class RelocNode(Node):
         with self._edge_lock:
             self._edges.clear()
         self._publish_edges()
+        self._newest, self._T_corrected_slam = None, None  # no correction until the next keyframe
+        self._kf_stamps.clear()
+        self._kf_since_path = 0
+        self.pub_corrected_path.publish(cv.path([], [], self.p["corrected_frame"], 0))
         response.success, response.message = True, "map reset (the map file on disk is untouched)"
         self.get_logger().info(response.message)
         return response

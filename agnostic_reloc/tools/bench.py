@@ -129,9 +129,9 @@ def _timeit(fn, repeat: int, device: torch.device) -> float:
 
 
 def measure_latency(image0: np.ndarray, image1: np.ndarray, device: str = "auto", repeat: int = 5,
-                    keypoint_counts=(1000, 2000)) -> dict:
-    """Per-stage latency at the image size given (640x480 in the benchmark)."""
-    pipe = PairPipeline(detector="orb", device=device)
+                    keypoint_counts=(1000, 2000), backend: str = "torch") -> dict:
+    """Per-stage latency at the image size given (640x480 in the benchmark) on one inference backend."""
+    pipe = PairPipeline(detector="orb", device=device, backend=backend)
     dev = pipe.aliked.device
     out: dict = {}
     for n in keypoint_counts:
@@ -155,7 +155,7 @@ def measure_latency(image0: np.ndarray, image1: np.ndarray, device: str = "auto"
         q = {"keypoints": k0.xy, "descriptors": d0, "image_size": image0.shape[1::-1]}
         c = {"keypoints": k1.xy, "descriptors": d1, "image_size": image1.shape[1::-1]}
         for label, conf in (("adaptive", {}), ("full", {"depth_confidence": -1, "width_confidence": -1})):
-            m = LightGlueMatcher(device=device, **conf)
+            m = LightGlueMatcher(device=device, backend=backend, **conf)
             row[f"lightglue_pair_{label}"] = _timeit(lambda: m.match(q, [c]), repeat, dev)
             for k in (5, 10):
                 if label == "full" and k == 10 and dev.type == "cpu":
@@ -184,6 +184,23 @@ def measure_latency(image0: np.ndarray, image1: np.ndarray, device: str = "auto"
     if dev.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
     return out
+
+
+def backend_agreement(image0: np.ndarray, image1: np.ndarray, backend: str, n: int = 1000) -> dict:
+    """How an accelerated backend agrees with torch fp32: descriptor max |diff| and identical LightGlue matches."""
+    k0, k1 = detect(image0, "orb", n), detect(image1, "orb", n)
+    out = {}
+    for name in ("torch", backend):
+        pipe = PairPipeline(detector="orb", device="cpu", backend=name, matcher="lightglue")
+        d0 = pipe.aliked.describe([image0], [k0])[0]
+        d1 = pipe.aliked.describe([image1], [k1])[0]
+        q = {"keypoints": k0.xy, "descriptors": d0, "image_size": image0.shape[1::-1]}
+        c = {"keypoints": k1.xy, "descriptors": d1, "image_size": image1.shape[1::-1]}
+        m = pipe.matcher.match(q, [c])[0].matches.numpy()
+        out[name] = (d0.cpu().numpy(), {tuple(x) for x in m.tolist()})
+    (da, ma), (db, mb) = out["torch"], out[backend]
+    return {"descriptor_max_abs_diff": float(np.abs(da - db).max()),
+            "matches_identical": round(len(ma & mb) / max(len(ma | mb), 1), 4), "matches_torch": len(ma)}
 
 
 def _with_batch(matcher: LightGlueMatcher, batch: bool) -> LightGlueMatcher:
@@ -226,8 +243,13 @@ def print_table(title: str, rows: dict[str, dict], columns: list[str]) -> str:
 
 
 def main(out: str = "bench_out", n_pairs: int = 34, device: str = "auto", latency: bool = True,
-         accuracy: bool = True, quick: bool = False, seed: int = 0, variants: dict | None = None) -> dict:
-    """Run the benchmark and write `out/bench.json` (+ `out/homography_auc.png`)."""
+         accuracy: bool = True, quick: bool = False, seed: int = 0, variants: dict | None = None,
+         backends: list[str] | None = None) -> dict:
+    """Run the benchmark and write `out/bench.json` (+ `out/homography_auc.png`).
+
+    backends: inference backends to time (default: torch and every installed CPU runtime; CUDA: torch).
+    """
+    from ..inference.backends import BACKENDS, missing_packages
     from ..features.aliked import resolve_device
 
     out_dir = Path(out)
@@ -239,15 +261,27 @@ def main(out: str = "bench_out", n_pairs: int = 34, device: str = "auto", latenc
     result: dict = {"machine": machine_info(dev), "n_pairs": len(pairs), "seed": seed,
                     "pairs": [p.name for p in pairs]}
     if latency:
-        result["latency_ms"] = measure_latency(pairs[0].image0, pairs[0].image1, device, repeat=2 if quick else 5)
-        half = check_half_precision(pairs[0].image0, pairs[0].image1)
+        if backends is None:
+            backends = ["torch"] if dev.type == "cuda" else [b for b in BACKENDS if not missing_packages(b)]
+        result["latency_ms"], result["agreement_with_torch"] = {}, {}
+        im0, im1 = pairs[0].image0, pairs[0].image1
+        for backend in backends:
+            lat = measure_latency(im0, im1, device, repeat=2 if quick else 5,
+                                  keypoint_counts=(1000,) if quick else (1000, 2000), backend=backend)
+            result["latency_ms"][backend] = lat
+            if backend != "torch":
+                result["agreement_with_torch"][backend] = backend_agreement(im0, im1, backend)
+        half = check_half_precision(im0, im1)
         if half is not None:
             result["fp16_vs_fp32"] = half
-        for n, row in result["latency_ms"].items():
-            if isinstance(row, dict):
-                print_table(f"\nLatency (ms, median) at {pairs[0].image0.shape[1]}x{pairs[0].image0.shape[0]}, "
-                            f"{row['keypoints']} ORB keypoints, {dev}",
-                            {k: {"ms": v} for k, v in row.items() if k != "keypoints"}, ["ms"])
+        counts = [n for n in result["latency_ms"][backends[0]] if not isinstance(n, str)]
+        for n in counts:
+            stages = [k for k in result["latency_ms"][backends[0]][n] if k != "keypoints"]
+            print_table(f"\nLatency (ms, median) at {im0.shape[1]}x{im0.shape[0]}, {n} ORB keypoints, {dev}",
+                        {s: {b: result["latency_ms"][b][n][s] for b in backends} for s in stages}, backends)
+        for b, agr in result["agreement_with_torch"].items():
+            print(f"{b} vs torch fp32: descriptors max |diff| {agr['descriptor_max_abs_diff']:.2e}, "
+                  f"{100 * agr['matches_identical']:.1f}% identical matches ({agr['matches_torch']} matches)")
     if accuracy:
         table = evaluate_homography(pairs, variants or LEVERS, device)
         result["homography_auc"] = table

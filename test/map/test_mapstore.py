@@ -286,3 +286,54 @@ def test_concurrent_add_and_read(tmp_path):
     assert not errors and len(m) == 200
     m.save(tmp_path / "m.agrl")
     assert len(KeyframeMap.load(tmp_path / "m.agrl")) == 200
+
+
+# ---------------------------------------------------------------------------------------------------- corrections
+def test_corrections_round_trip_exactly(kfs, tmp_path):
+    rng = np.random.default_rng(4)
+    corrections = {kf.id: random_pose(rng) for kf in kfs if kf.id != 3}  # keyframe 3 has none
+    m = build(kfs)
+    assert m.corrections() == {}
+    m.set_corrections(corrections)
+    m.set_corrections({2: corrections[2]})  # setting again replaces, the others stay
+    path = tmp_path / "map.agrl"
+    m.save(path)
+    for mmap in (True, False):
+        loaded = KeyframeMap.load(path, mmap=mmap, verify=True)
+        got = loaded.corrections()
+        assert list(got) == [kf.id for kf in kfs if kf.id != 3]  # insertion order
+        for kid, T in corrections.items():
+            assert got[kid].dtype == np.float64 and np.array_equal(got[kid], T)
+        for kf in kfs:
+            assert_same(kf, loaded.get(kf.id))
+    # corrections of a loaded map are saved again (and follow removals)
+    loaded.remove(5)
+    loaded.add(make_kf(20, rng))
+    loaded.set_corrections({20: corrections[0]})
+    loaded.save(path)
+    again = KeyframeMap.load(path).corrections()
+    assert 5 not in again and 3 not in again and np.array_equal(again[20], corrections[0])
+    assert np.array_equal(again[6], corrections[6])
+    with pytest.raises(ValueError, match="not in the map"):
+        loaded.set_corrections({99: np.eye(4)})
+    with pytest.raises(ValueError, match="finite 4x4"):
+        loaded.set_corrections({0: np.full((4, 4), np.nan)})
+
+
+def test_previous_file_without_corrections_still_loads(tmp_path):
+    """test/map/data/map_v1.agrl was written by the writer before corrections were stored (three keyframes,
+    make_kf(i, default_rng(7), n=8)): it loads unchanged, with no corrections, and gains them when saved again."""
+    path = os.path.join(os.path.dirname(__file__), "data", "map_v1.agrl")
+    old = KeyframeMap.load(path, verify=True)
+    rng = np.random.default_rng(7)
+    expected = [make_kf(i, rng, n=8) for i in range(3)]
+    assert old.ids() == [0, 1, 2] and old.corrections() == {}
+    for kf in expected:
+        assert_same(kf, old.get(kf.id))
+    T = random_pose(rng)
+    old.set_corrections({1: T})
+    old.save(tmp_path / "new.agrl")
+    new = KeyframeMap.load(tmp_path / "new.agrl")
+    assert list(new.corrections()) == [1] and np.array_equal(new.corrections()[1], T)
+    for kf in expected:
+        assert_same(kf, new.get(kf.id))

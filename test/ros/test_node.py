@@ -63,7 +63,8 @@ class Harness:
 
     def __init__(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
+        from nav_msgs.msg import Path
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -96,6 +97,12 @@ class Harness:
                                          durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.images: list = []
         n.create_subscription(Image, "/reloc_node/matches_image", self.images.append, QoSProfile(depth=1))
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.paths, self.corrections, self.corrected = [], [], []
+        n.create_subscription(Path, "/reloc_node/corrected_path", self.paths.append, latched)
+        n.create_subscription(TransformStamped, "/reloc_node/correction", self.corrections.append, latched)
+        n.create_subscription(PoseStamped, "/reloc_node/corrected_pose", self.corrected.append, rel)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(n)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -232,6 +239,55 @@ def test_loops_are_true_and_carry_matches(session, sequence):
     assert len([m for m in markers if m.ns == "loops"][0].points) == 2 * len(h.loops)
 
 
+def pose_T(p) -> np.ndarray:
+    """geometry_msgs Pose -> 4x4."""
+    from agnostic_reloc.io.contract import pose_to_T
+
+    return pose_to_T((p.position.x, p.position.y, p.position.z),
+                     (p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w))
+
+
+def test_loop_corrected_path_pose_and_correction(session, sequence):
+    """After accepted loops: ~/corrected_path (one pose per keyframe, in corrected_frame), ~/correction
+    (corrected_frame -> map_frame) and ~/corrected_pose of the newest keyframe, consistent with each other."""
+    h, proc, _ = session
+    from agnostic_reloc.io.contract import pose_to_T
+    from agnostic_reloc.io.messages import header_ns
+
+    kfs = published_keyframes(sequence)
+    kf_ns = [seconds_to_ns(f.stamp) for f in kfs]
+    slam = {seconds_to_ns(f.stamp): f.T_map_cam for f in kfs}
+    assert h.loops and h.paths and h.corrections and h.corrected
+    for path in h.paths:  # keyframes in insertion order, each stamped with its image stamp
+        stamps = [header_ns(p) for p in path.poses]
+        assert path.header.frame_id == "map_corrected" and stamps == kf_ns[: len(stamps)]
+        assert {p.header.frame_id for p in path.poses} <= {"map_corrected"}
+    last = h.paths[-1]
+    assert {header_ns(m) for m in h.loops} <= {header_ns(p) for p in last.poses}  # published after the loops
+    assert len(h.paths) <= len(h.loops) + len(kfs) // 10  # on loops and every 10th keyframe, not on each one
+
+    c = h.corrections[-1]
+    assert (c.header.frame_id, c.child_frame_id) == ("map_corrected", "map")
+    assert header_ns(c) == kf_ns[-1]  # the newest keyframe's correction
+    t, q = c.transform.translation, c.transform.rotation
+    T_corrected_slam = pose_to_T((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    assert not np.allclose(T_corrected_slam, np.eye(4), atol=1e-9)  # the metric loops moved the trajectory
+    pose = h.corrected[-1]
+    assert pose.header.frame_id == "map_corrected" and header_ns(pose) == kf_ns[-1]
+    np.testing.assert_allclose(pose_T(pose.pose), T_corrected_slam @ slam[kf_ns[-1]], atol=1e-6)
+    assert {header_ns(p) for p in h.corrected} == set(kf_ns)  # one on each keyframe (and again on loops)
+    by_stamp = {header_ns(p): pose_T(p.pose) for p in last.poses}
+    if kf_ns[-1] in by_stamp:  # the last path came after the last keyframe: same correction as ~/correction
+        np.testing.assert_allclose(by_stamp[kf_ns[-1]], T_corrected_slam @ slam[kf_ns[-1]], atol=1e-6)
+    try:
+        import tf2_ros  # noqa: F401
+
+        said = "broadcast on /tf (tf2_ros) and published on ~/correction"
+    except ImportError:
+        said = "published on ~/correction only"
+    assert node_log(proc).count(said) == 1
+
+
 def test_burst_absorbed_and_queries_answered_or_counted(session, sequence):
     h, _, _ = session
     v = h.values()
@@ -339,6 +395,10 @@ def test_save_reset_and_new_session_relocalizes_from_image(session, sequence, tm
     path = tmp / "map.agrl"
     saved = KeyframeMap.load(path)
     assert len(saved) == n_kf
+    assert len(saved.corrections()) == n_kf  # the map file keeps the loop corrections
+    from agnostic_reloc.io.messages import header_ns
+
+    corrected = {header_ns(p): pose_T(p.pose) for p in h.paths[-1].poses}
     res = h.call("reset_map")
     assert res.success
     h.wait_for(lambda: h.values().get("map_keyframes") == "0", 10, "empty map after reset", proc)
@@ -355,8 +415,14 @@ def test_save_reset_and_new_session_relocalizes_from_image(session, sequence, tm
         h.diag.clear()
         h.status.clear()
         h.relocs.clear()
+        h.paths.clear()
         h.wait_for(lambda: h.pub["query"].get_subscription_count() > 0 and h.values(), 60, "second node", proc2)
         assert h.values()["map_keyframes"] == str(n_kf)
+        # the reloaded map starts corrected: its latched path holds the first session's corrected poses
+        h.wait_for(lambda: h.paths and len(h.paths[-1].poses) == n_kf, 30, "the loaded map's corrected path", proc2)
+        reloaded = {header_ns(p): pose_T(p.pose) for p in h.paths[-1].poses}
+        for ns, T in corrected.items():
+            np.testing.assert_allclose(reloaded[ns], T, atol=1e-9)
         (w, hh), K = sequence.image_size, sequence.K
         kid = [f for f in sequence.frames if f.kidnapped]
         from agnostic_reloc.ros.conversions import image_to_msg, make_header
