@@ -71,5 +71,12 @@ echo "== installing agnostic_reloc"
 .venv/bin/python -m agnostic_reloc.ament_install --prefix .venv >/dev/null
 grep -q "AMENT_PREFIX_PATH" .venv/bin/activate \
   || echo 'export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"' >> .venv/bin/activate
-.venv/bin/python -c "import agnostic_reloc.weights as w; [w.official_path(n) for n in w.OFFICIAL]; print('weights verified')"
+# What this install has and lacks (weights checksummed, torch/device, runtimes, ROS, ORB-SLAM3, disk).
+# Optional parts only report; a missing required part (weights, torch, our imports, rclpy when the ROS wheels
+# were asked for) fails setup after the table.
+DOCTOR_ARGS=()
+if [ "${AGNOSTIC_RELOC_ROS:-1}" = "1" ]; then DOCTOR_ARGS+=(--ros); fi
+echo "== agnostic-reloc doctor ${DOCTOR_ARGS[*]}"
+.venv/bin/agnostic-reloc doctor "${DOCTOR_ARGS[@]}" \
+  || { echo "setup failed: a required component is missing (see the doctor's table above)" >&2; exit 1; }
 echo "== done: run the tests with  .venv/bin/python -m pytest"

@@ -223,6 +223,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="what this install has and lacks (weights, torch/device, runtimes, ROS, "
+                                      "ORB-SLAM3, disk), each with its fix; exit 1 if something required is missing")
+    p.add_argument("--config", default=None, help="the node's parameter file (checks its weights, backend, map_path)")
+    # dest is not `ros`: main() reads args.ros as orbslam3-bridge's pass-through to its ROS node
+    p.add_argument("--ros", dest="need_ros", action="store_true",
+                   help="rclpy and the RMW are required (a robot running reloc_node)")
+    p.add_argument("--map-dir", default=None, help="folder for maps, for the free-disk check "
+                                                   "(default: the config's map_path folder, else the cwd)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .tools.doctor import main as doctor_main
+
+    return doctor_main(config=args.config, ros=args.need_ros, map_dir=args.map_dir, json_path=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agnostic-reloc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -233,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_make_bag(sub)
     _add_demo(sub)
+    _add_doctor(sub)
     from .train.cli import add_evaluate_parser, add_train_parser
 
     add_train_parser(sub)

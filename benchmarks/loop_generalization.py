@@ -70,8 +70,34 @@ def revisit_queries(seq, kf_ids: dict[int, int]) -> set[int]:
     return out
 
 
-def run_variant(keyframes: list, conf: dict) -> tuple[list, dict]:
+class SharedMatches:
+    """The engine's keyframe matcher with its results kept per (query, candidate): every variant verifies the same
+    pairs, and the matches of a pair do not depend on the acceptance options, so each pair is matched once."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+        self.matcher = None
+
+    def wrap(self, engine: Engine) -> None:
+        self.matcher = self.matcher or engine.matcher
+        inner = self.matcher
+
+        class Cached:
+            name, backend = inner.name, inner.backend
+            describe = inner.describe
+
+            def match(_, q, cands):
+                todo = [c for c in cands if (q.id, c.id) not in self.cache]
+                for c, m in zip(todo, inner.match(q, todo) if todo else []):
+                    self.cache[(q.id, c.id)] = m
+                return [self.cache[(q.id, c.id)] for c in cands]
+
+        engine.matcher = Cached()
+
+
+def run_variant(keyframes: list, conf: dict, shared: SharedMatches) -> tuple[list, dict]:
     engine = Engine(conf)
+    shared.wrap(engine)
     loops = []
     for kf in keyframes:
         engine.insert_keyframe(kf)
@@ -86,6 +112,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
     ap.add_argument("--matcher", default="lightglue", choices=("lightglue", "nn"))
     ap.add_argument("--sequences", nargs="+", default=list(SEQUENCES), choices=list(SEQUENCES))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -94,7 +121,8 @@ def main() -> None:
     report: dict = {"seed": args.seed, "size": list(args.size), "matcher": args.matcher, "sequences": {}}
     for name in args.sequences:
         profile, n_frames, conf = SEQUENCES[name]
-        conf = {**conf, "keep_depth": False, "camera": {"width": args.size[0], "height": args.size[1]},
+        conf = {**conf, "keep_depth": False,
+                "camera": {"width": args.size[0], "height": args.size[1], "f": 500.0 * args.size[0] / 640},
                 "slam": dict(ORBSLAM3_DRIFT)}
         seq = make_sequence(seed=args.seed, profile=profile, n_frames=n_frames, conf=conf, progress=True)
         describer = Engine(base)
@@ -110,10 +138,12 @@ def main() -> None:
         stamps = {kf_ids[i]: seq.frames[i].stamp for i in kf_ids}
         queries = revisit_queries(seq, kf_ids)
         rows = {}
-        for vname, vconf in VARIANTS.items():
+        shared = SharedMatches()
+        for vname in args.variants:
+            vconf = VARIANTS[vname]
             conf_v = {**base, **{k: {**base.get(k, {}), **v} for k, v in vconf.items()}}
             t = time.perf_counter()
-            loops, refused = run_variant(kfs, conf_v)
+            loops, refused = run_variant(kfs, conf_v, shared)
             ev = evaluate_loops([{"query_id": lc.query_id, "match_id": lc.match_id,
                                   "T_match_query": lc.T_match_query, "score": lc.score,
                                   "scale_free": not lc.metric} for lc in loops], gt, stamps, {"min_time_gap": 0.0})
@@ -141,7 +171,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     seqs = list(report["sequences"])
-    variants = list(VARIANTS)
+    variants = list(next(iter(report["sequences"].values()))["variants"])
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(variants)
     for k, v in enumerate(variants):

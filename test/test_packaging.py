@@ -30,7 +30,7 @@ def test_colcon_build_installs_node_config_and_launch(tmp_path):
     inst = tmp_path / "install" / "agnostic_reloc"
     for rel in ("share/ament_index/resource_index/packages/agnostic_reloc", "share/agnostic_reloc/package.xml",
                 "share/agnostic_reloc/config/reloc.yaml", "share/agnostic_reloc/launch/reloc.launch.py",
-                "share/agnostic_reloc/config/orbslam3_bridge.yaml",
+                "share/agnostic_reloc/config/orbslam3_bridge.yaml", "share/agnostic_reloc/config/reloc.rviz",
                 "share/agnostic_reloc/launch/orbslam3_reloc.launch.py",
                 "lib/agnostic_reloc/reloc_node", "lib/agnostic_reloc/agnostic-reloc", "lib/agnostic_reloc/orbslam3_bridge"):
         assert (inst / rel).exists(), f"colcon build did not install {rel}"
@@ -50,4 +50,5 @@ def test_pip_path_has_ament_index_entries():
     assert (prefix / "lib/agnostic_reloc/orbslam3_bridge").resolve() == (prefix / "bin/orbslam3_bridge").resolve()
     assert (prefix / "share/agnostic_reloc/launch/reloc.launch.py").is_file()
     assert (prefix / "share/agnostic_reloc/config/reloc.yaml").is_file()
+    assert (prefix / "share/agnostic_reloc/config/reloc.rviz").is_file()  # launch rviz:=true finds it in share/
     assert "AMENT_PREFIX_PATH" in (prefix / "bin/activate").read_text(), "setup.sh adds AMENT_PREFIX_PATH to activate"

@@ -65,10 +65,7 @@ class BagEvents:
             except ContractError as exc:
                 self._reject("camera_info", header_ns(msg), str(exc))
                 return
-            old = self.assembler.camera
-            if old is None or not (np.array_equal(old.K, cam.K) and np.array_equal(old.D, cam.D)
-                                   and (old.width, old.height, old.model) == (cam.width, cam.height, cam.model)):
-                self.assembler.set_camera(cam)
+            self.assembler.set_camera(cam)
         elif role == "tracking_state":
             if self.assembler.set_tracking_state(msg.data).unknown:
                 self._reject("tracking_state", m.log_ns, f"unknown tracking state '{msg.data}' (treated as not "
@@ -106,9 +103,8 @@ class BagEvents:
         self.pending.append(ev)
 
     def _on_frame_set(self, cloud, image) -> None:
-        if self.assembler.state.tracking:
-            return
-        self._query(cloud[0], image[1], cloud[1])
+        if self.assembler.wants_queries():
+            self._query(cloud[0], image[1], cloud[1])
 
     def _query(self, ns: int, image, cloud) -> None:
         try:

@@ -23,8 +23,19 @@ class EventAssembler:
         self.scale_factor = scale_factor
         self.last_keyframe_ns: int | None = None
 
-    def set_camera(self, camera: CameraModel) -> None:
+    def set_camera(self, camera: CameraModel) -> bool:
+        """Use this camera model from now on; an identical repeat (CameraInfo comes with every frame) keeps the
+        current model and its rectification maps. True when the camera changed."""
+        old = self.camera
+        if old is not None and np.array_equal(old.K, camera.K) and np.array_equal(old.D, camera.D) \
+                and (old.width, old.height, old.model) == (camera.width, camera.height, camera.model):
+            return False
         self.camera = camera
+        return True
+
+    def wants_queries(self) -> bool:
+        """Frames become relocalization queries only while the SLAM is not tracking."""
+        return not self.state.tracking
 
     def set_tracking_state(self, text: str) -> TrackingState:
         self.state = TrackingState.parse(text)

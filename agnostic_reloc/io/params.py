@@ -47,8 +47,12 @@ NODE_PARAMS: dict[str, tuple[Any, str, tuple | None]] = {
     "image_queue_depth": (30, "QoS depth of the image subscription (images are buffered for synchronisation)",
                           (1, 1000)),
     "diagnostics_period_s": (1.0, "period of /diagnostics", (0.1, 60.0)),
+    "status_period_s": (10.0, "log a one-line status (map size, backlog, loops accepted/refused and the commonest "
+                        "refusal, relocalizations, device, latency) at this period; 0 = off", (0.0, 3600.0)),
     "warn_throttle_s": (5.0, "minimum period between repeated warnings of the same kind", (0.0, 3600.0)),
     "matches_image_max_width": (1280, "width limit of ~/matches_image (both images side by side)", (64, 8192)),
+    "threads": (0, "CPU threads of the networks (torch and the inference runtime); 0 = the library default (one "
+                "per core); fewer leaves cores to ORB-SLAM3's tracking", (0, 256)),
 }
 
 def ros_value(value: Any) -> Any:

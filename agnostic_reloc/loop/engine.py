@@ -201,6 +201,7 @@ class Engine:
         for kf_id in self.map.ids():
             self._remember(self.map.get(kf_id))
         self._next_id = max(self.map.ids()) + 1
+        self.neighbourhood.reset()  # another session's keyframes are no predecessors of this session's first ones
         self.corrections.hold(self.map.corrections())  # a map saved with its loop corrections starts corrected
 
     def reset(self) -> None:

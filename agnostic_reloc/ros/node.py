@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 
 import cv2
 import numpy as np
@@ -52,6 +52,7 @@ from ..io.contract import (
 from ..io.events import EventAssembler
 from ..io.messages import header_ns, msg_pose_to_T, msg_to_camera, msg_to_cloud, msg_to_image
 from ..io.params import NODE_NAME, engine_conf, legacy_param_names, param_table
+from ..io.status import status_line
 from ..io.sync import StampSync
 from ..loop.engine import Engine
 from ..loop.worker import EngineWorker
@@ -79,6 +80,10 @@ class RelocNode(Node):
         self._edge_lock = threading.Lock()
         self._await_camera: deque = deque(maxlen=int(self.p["sync_queue_size"]))
 
+        if int(self.p["threads"]) > 0:  # before any network is built: the runtimes take torch's thread count
+            import torch
+
+            torch.set_num_threads(int(self.p["threads"]))
         conf = engine_conf({k: v for k, v in self.p.items() if k.startswith("engine.")})
         kf_map = self._load_map()
         self.engine = Engine(conf, kf_map)
@@ -165,6 +170,8 @@ class RelocNode(Node):
         self.create_service(Trigger, "~/save_map", self._srv_save_map)
         self.create_service(Trigger, "~/reset_map", self._srv_reset_map)
         self.create_timer(float(p["diagnostics_period_s"]), self._publish_diagnostics)
+        if float(p["status_period_s"]) > 0:
+            self.create_timer(float(p["status_period_s"]), self._log_status)
         if self.tf is not None and float(p["correction_tf_period_s"]) > 0:
             self.create_timer(float(p["correction_tf_period_s"]), self._broadcast_correction)
         if len(self.engine.map):
@@ -230,10 +237,7 @@ class RelocNode(Node):
         except ContractError as exc:
             self.guard.reject("camera_info", str(exc))
             return
-        old = self.assembler.camera
-        if old is None or not (np.array_equal(old.K, cam.K) and np.array_equal(old.D, cam.D)
-                               and (old.width, old.height, old.model) == (cam.width, cam.height, cam.model)):
-            self.assembler.set_camera(cam)
+        self.assembler.set_camera(cam)
         while self._await_camera:  # keyframes that arrived before the first CameraInfo
             self._on_keyframe_set(*self._await_camera.popleft())
 
@@ -264,9 +268,8 @@ class RelocNode(Node):
                                            f"is slower than the keyframe rate)")
 
     def _on_frame_set(self, cloud_msg: PointCloud2, image_msg: Image) -> None:
-        if self.assembler.state.tracking:
-            return
-        self._query(header_ns(cloud_msg), image_msg, cloud_msg)
+        if self.assembler.wants_queries():
+            self._query(header_ns(cloud_msg), image_msg, cloud_msg)
 
     def _on_query_image(self, msg: Image) -> None:
         self._query(header_ns(msg), msg, None)
@@ -423,6 +426,24 @@ class RelocNode(Node):
         arr = DiagnosticArray(status=[self.diagnostics()])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(arr)
+
+    def status(self) -> str:
+        """The one-line status (`io.status.status_line`) of the engine and its worker."""
+        refused: Counter = Counter()
+        for _ in range(3):  # the worker thread may add a reason while we copy
+            try:
+                refused = Counter(self.engine.acceptance.refused)
+                break
+            except RuntimeError:
+                continue
+        aliked = self.engine.pipe.aliked
+        backends = {"aliked": aliked.backend if aliked is not None else "none",
+                    "matcher": str(self.engine.matcher.backend)}
+        return status_line(len(self.engine.map), self.worker.depths(), dict(self.worker.counts), refused,
+                           self.device, backends, self.worker.latency())
+
+    def _log_status(self) -> None:
+        self.get_logger().info(self.status())
 
     def save_map(self) -> str:
         path = self.p["map_path"]

@@ -12,6 +12,8 @@ from agnostic_reloc.loop.runner import events_from_sequence, run
 from agnostic_reloc.map.store import KeyframeMap, MapFormatError
 from agnostic_reloc.types import KeyframeEvent, QueryEvent, RunResult
 
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m "not slow"` skips it
+
 
 @pytest.fixture(scope="module")
 def sequence(photos):

@@ -39,6 +39,7 @@ def accuracy(hard_pairs):
     return out
 
 
+@pytest.mark.slow
 def test_aliked_lightglue_beats_orb_hamming_on_hard_pairs(accuracy):
     assert accuracy["aliked-lg"][0] > accuracy["orb-nn"][0] + 10
 

@@ -19,6 +19,8 @@ import pytest
 from agnostic_reloc.geometry import invert_T, rotation_angle_deg
 from agnostic_reloc.io.camera import CameraModel
 
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m "not slow"` skips it
+
 try:
     import pyorbslam3  # noqa: F401
 

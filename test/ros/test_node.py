@@ -444,6 +444,23 @@ def test_save_reset_and_new_session_relocalizes_from_image(session, sequence, tm
         proc2.wait(60)
 
 
+def test_node_logs_a_status_line(domain, tmp_path):
+    """`-p status_period_s:=0.5`: the node says what it is doing, one line per period (io.status.status_line)."""
+    proc = start_node(tmp_path, "-p", "status_period_s:=0.5", "-p", "save_map_on_shutdown:=false")
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and node_log(proc).count("status: ") < 2 and proc.poll() is None:
+            time.sleep(0.5)
+        log = node_log(proc)
+        assert log.count("status: 0 keyframes in map | backlog 0 keyframes") >= 2, log[-3000:]
+        line = next(ln for ln in log.splitlines() if "status: " in ln)
+        assert "loops 0 accepted, 0 refused" in line and "relocalization 0 ok, 0 failed" in line
+        assert "cpu, aliked " in line and "keyframe p50 -" in line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+
+
 LAUNCH_SCRIPT = """
 import sys
 from launch import LaunchService

@@ -31,6 +31,8 @@ from agnostic_reloc.io.tum import align_gt
 from agnostic_reloc.loop.runner import events_from_sequence
 from agnostic_reloc.types import KeyframeEvent, QueryEvent
 
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m "not slow"` skips it
+
 
 @pytest.fixture(scope="module")
 def world(photos):
