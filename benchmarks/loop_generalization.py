@@ -172,7 +172,7 @@ def plot(report: dict, path: Path) -> None:
 
     seqs = list(report["sequences"])
     variants = list(next(iter(report["sequences"].values()))["variants"])
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(variants)
     for k, v in enumerate(variants):
         rec = [report["sequences"][s]["variants"][v]["recall"] for s in seqs]
@@ -187,7 +187,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("loop recall (revisit keyframes with a true loop)")
     ax.set_ylim(0, 1.15)
     ax.set_title(f"Loop defaults on unseen kinds of sequences ({report['matcher']}, ORB-SLAM3 drift)")
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
