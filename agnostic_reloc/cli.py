@@ -159,7 +159,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except BagError as exc:
         return _bag_error(args, exc)
     res = rep.results
-    print(metrics_table({res["config"]["engine"]["matcher"]: res}))
+    print(metrics_table({res["config"]["engine"]["matcher"]["name"]: res}))
     if res.get("metrics_skipped"):
         print(f"metrics skipped: {res['metrics_skipped']}")
     print(f"wrote {Path(args.out) / 'results.json'}" + ("" if res.get("metrics_skipped") else

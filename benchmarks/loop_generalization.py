@@ -102,7 +102,8 @@ def run_variant(keyframes: list, conf: dict, shared: SharedMatches) -> tuple[lis
     for kf in keyframes:
         engine.insert_keyframe(kf)
         loops += engine.detect_loops(kf)
-    return loops, dict(engine.acceptance.refused)
+    excluded = {f"candidate excluded: {k}": v for k, v in engine.neighbourhood.excluded.items()}
+    return loops, {**dict(engine.acceptance.refused), **excluded}
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ a corridor revisited two seconds after the first pass is a loop, a robot parked 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 import numpy as np
 
@@ -47,9 +47,11 @@ class Neighbourhood:
     def __init__(self, conf: dict) -> None:
         self.conf = conf
         self.recent: deque[tuple[int, np.ndarray]] = deque(maxlen=max(1, int(conf["recent_keyframes"]) + 1))
+        self.excluded: Counter[str] = Counter()  # retrieval hits that were no candidates, by reason
 
     def reset(self) -> None:
         self.recent.clear()
+        self.excluded.clear()
 
     def push(self, kf: Keyframe) -> None:
         """Call once per inserted keyframe, in insertion order."""

@@ -313,7 +313,7 @@ class Engine:
                 why = candidates.excluded(self.map.get(i), kf, recent, points, self._travelled(i, kf.id), r,
                                           self._middle(i, kf.id))
                 if why:
-                    self.acceptance.refused["candidate excluded: " + why.split(" (")[0]] += 1
+                    self.neighbourhood.excluded[why.split(" (")[0]] += 1
                 return why is not None
 
         window = r["temporal_window_s"] if loop else 0.0

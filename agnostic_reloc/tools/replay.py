@@ -114,7 +114,7 @@ def replay(bag: str | os.PathLike, out: str | os.PathLike | None = None, engine_
             from ..eval.report import write_plots, write_report
 
             rep.plots = write_plots(out, result, plot) if plot is not None else {}
-            write_report(out, {rep.results["config"]["engine"]["matcher"]: (rep.results, rep.plots, ".")},
+            write_report(out, {rep.results["config"]["engine"]["matcher"]["name"]: (rep.results, rep.plots, ".")},
                          title=f"Replay of {Path(bag).name}")
     return rep
 

@@ -159,7 +159,9 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, conf: dict | None, keypoint_conf: dict | None, extra_defaults: dict) -> None:
         defaults = {**default_data_conf, **extra_defaults}
-        self.conf = merge_conf(defaults, conf, f"{type(self).__name__} options")
+        # sub-dicts (e.g. `homography`) are handed to their own component, which checks them
+        self.conf = merge_conf(defaults, conf, f"{type(self).__name__} options",
+                               free=[k for k, v in defaults.items() if isinstance(v, dict)])
         self.sampler = KeypointSampler(keypoint_conf)
         self.epoch = 0
         self.skipped: dict[str, int] = {}  # reason kind -> count (this process only; collate counts per batch)

@@ -334,7 +334,7 @@ def make_trajectory(scene: Scene, profile: str = "loop", n_frames: int | None = 
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown trajectory profile '{profile}'; known: {', '.join(PROFILES)}")
-    c = merge_conf(default_conf, conf, "trajectory conf keys")
+    c = merge_conf(default_conf, conf, "trajectory conf keys", free=("lap1_lighting", "lap2_lighting"))  # whole
     if c["fps"] <= 0:
         raise ValueError(f"fps must be positive, got {c['fps']}")
     rng = np.random.default_rng([seed, 7])

@@ -213,9 +213,9 @@ def test_tracking_state_and_frame_keypoints(session):
     assert "OK" in states, f"ORB-SLAM3 never tracked: {states}\n{session['log'][-3000:]}"
     clouds = out["frame_kp"]
     assert len(clouds) == len(states) >= 10  # one state and one keypoint cloud per tracked frame
-    from agnostic_reloc.ros.conversions import header_ns, msg_to_cloud
+    from agnostic_reloc.io.messages import header_ns, msg_to_cloud
 
-    stamps = [header_ns(m.header) for m in clouds]
+    stamps = [header_ns(m) for m in clouds]
     assert set(stamps) <= set(sent) and stamps == sorted(set(stamps))  # image stamps, in order, once each
     for m in clouds:
         assert m.header.frame_id == "camera"
@@ -228,11 +228,11 @@ def test_tracking_state_and_frame_keypoints(session):
 
 def test_keyframes_pose_and_map_points_reproject(session, sequence):
     out = session["out"]
-    from agnostic_reloc.ros.conversions import header_ns, msg_to_cloud
+    from agnostic_reloc.io.messages import header_ns, msg_to_cloud
 
-    poses = {header_ns(m.header): m for m in out["kf_pose"]}
-    kf_clouds = {header_ns(m.header): m for m in out["kf_kp"]}
-    frame_clouds = {header_ns(m.header): m for m in out["frame_kp"]}
+    poses = {header_ns(m): m for m in out["kf_pose"]}
+    kf_clouds = {header_ns(m): m for m in out["kf_kp"]}
+    frame_clouds = {header_ns(m): m for m in out["frame_kp"]}
     assert poses and set(poses) == set(kf_clouds), "keyframe pose and keypoints must come in equal-stamp pairs"
     assert set(poses) <= set(frame_clouds)
     K = sequence.K
@@ -284,7 +284,7 @@ def test_auto_without_depth_runs_monocular(sequence, vocabulary, domain, tmp_pat
             h.frame(ns, encode_image(f.image, "bgr8"), None)
             time.sleep(0.1)
         h.wait_for(lambda: len(h.got["frame_kp"]) >= 5, 30, "frame keypoints", proc)
-        from agnostic_reloc.ros.conversions import msg_to_cloud
+        from agnostic_reloc.io.messages import msg_to_cloud
 
         assert {m.data for m in h.got["state"]} <= set(TRACKING_STATES)
         for m in h.got["frame_kp"]:

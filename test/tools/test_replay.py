@@ -15,6 +15,7 @@ import pytest
 
 from agnostic_reloc.cli import main
 from agnostic_reloc.io import bags as bagio
+from agnostic_reloc.io import messages
 from agnostic_reloc.io.bag_events import BagEvents
 from agnostic_reloc.io.bags import BagError, BagReader, OutMessage, sequence_messages, write_bag
 from agnostic_reloc.io.contract import (
@@ -182,9 +183,9 @@ def test_make_bag_cli_and_no_overwrite(tmp_path, photos, capsys):
         msgs = list(r.messages(r.topics))
     order = [m.topic for m in msgs[:4]]
     assert order == [INPUT_TOPICS[k] for k in ("camera_info", "tracking_state", "image", "frame_keypoints")]
-    img = bagio.msg_to_image(msgs[2].msg)
+    img = messages.msg_to_image(msgs[2].msg)
     assert img.encoding == "rgb8" and decode_image(img).shape == (240, 320, 3)
-    assert bagio.header_ns(msgs[2].msg) == seconds_to_ns(0.0)
+    assert messages.header_ns(msgs[2].msg) == seconds_to_ns(0.0)
     capsys.readouterr()
     assert main(["make-bag", str(out)]) == 2
     assert "exists already" in capsys.readouterr().err
@@ -197,7 +198,7 @@ def test_malformed_keypoint_cloud_is_counted_not_fatal(few, tmp_path):
 
     def break_messages(m: OutMessage) -> OutMessage:
         if m.topic == kf_topic:
-            seen.append(bagio.header_ns(m.msg) / 1e9)
+            seen.append(messages.header_ns(m.msg) / 1e9)
             if len(seen) == 2:  # data no longer width x point_step
                 m = dataclasses.replace(m, msg=dataclasses.replace(m.msg, data=m.msg.data[:-7]))
         if m.topic == fr_topic:
