@@ -61,10 +61,11 @@ def study(level: int, seed: int, frames_per_lap: int) -> dict:
         kf = engine.make_keyframe(f.stamp, f.image, f.keypoints, f.T_map_cam, seq.K, f.map_points, f.map_point_ids)
         cheap[kf.id] = cheap_global(engine, f.image, kf)
         engine.insert_keyframe(kf)
-        recent, _ = engine.neighbourhood.group(kf)
+        hood = engine.neighbourhood.group(kf)
+        recent = hood[0]
         if not recent:
             continue
-        cand = engine._candidates(kf, loop=True)
+        cand = engine._candidates(kf, hood)
         for name, vec in (("shipped", lambda i: engine.map.get(i).global_desc), ("cheap", cheap.get)):
             ref = min(float(vec(kf.id) @ vec(i)) for i in recent)
             for i in cand:

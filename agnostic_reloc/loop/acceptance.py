@@ -21,7 +21,6 @@ from collections import Counter, deque
 
 import numpy as np
 
-from ..conf import option_defaults
 from ..geometry import invert_T, rotation_angle_deg
 from .verify import Detection
 
@@ -53,7 +52,6 @@ OPTIONS = {
     "prior_angle_per_m": (2.0, "max loop correction rotation growth per metre travelled (deg/m; real ORB-SLAM3 "
                           "drifts ~1-1.3 deg/m at 640x480)", (0.0, 180.0)),
 }
-default_conf = option_defaults(OPTIONS)
 
 
 class LoopAcceptance:

@@ -224,8 +224,7 @@ class Engine:
         """Write the keyframe map with every keyframe's current loop correction (`correction`) atomically (a crash
         mid-save leaves the previous file intact). Loaded again, its keyframes keep these corrections."""
         with self.lock:
-            self.map.set_corrections({i: self.corrections.correction(i, self._stamp_of, self._pose_of)
-                                      for i in self._order})
+            self.map.set_corrections({i: self._corrected(i) for i in self._order})
             self.map.save(path)
 
     def _tick(self, stage: str, t0: float) -> float:
@@ -298,13 +297,14 @@ class Engine:
             return None
         return self.map.get(self._order[(ia + ib) // 2])
 
-    def _candidates(self, kf: Keyframe, loop: bool) -> list[int]:
-        """Retrieval top-K for a loop query (only older keyframes outside the query's neighbourhood, see
-        loop.candidates) or a relocalization query (any keyframe)."""
+    def _candidates(self, kf: Keyframe, hood: tuple[set[int], np.ndarray] | None) -> list[int]:
+        """Retrieval top-K for a loop query (hood = `neighbourhood.group(kf)`: only older keyframes outside the
+        query's neighbourhood, see loop.candidates) or a relocalization query (hood None: any keyframe)."""
         r = self.conf["retrieval"]
         exclude: set[int] | object = {kf.id}
+        loop = hood is not None
         if loop:  # loops look only backwards in time, so a lagging verifier finds what a prompt one does
-            recent, points = self.neighbourhood.group(kf)
+            recent, points = hood
             stamps, q_stamp = self._stamp_of, kf.stamp
 
             def exclude(i: int) -> bool:
@@ -334,7 +334,8 @@ class Engine:
         """
         t0 = time.perf_counter()
         with self.lock:
-            cand_ids = self._candidates(kf, loop=True)
+            hood = self.neighbourhood.group(kf)
+            cand_ids = self._candidates(kf, hood)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("retrieve", t0)
         if not cands:
@@ -352,7 +353,7 @@ class Engine:
                 d.ordinal = self._ordinal.get(kf.id, len(self._order))
                 travelled = self._travelled(d.kf_id, d.match_id)
                 if (self.acceptance.supported(d) and self.acceptance.within_prior(d, travelled)
-                        and self._common_region(kf, c, d) and (best is None or d.inliers > best.inliers)):
+                        and self._common_region(kf, c, d, hood[0]) and (best is None or d.inliers > best.inliers)):
                     best = d
             t0 = self._tick("geometry", t0)
             if best is not None:
@@ -362,8 +363,9 @@ class Engine:
         with self.lock:
             return [self._to_loop(d) for d in self.acceptance.add(best)]
 
-    def _common_region(self, q: Keyframe, c: Keyframe, d: verify.Detection) -> bool:
-        """Does the detection's pose also explain matches to a keyframe next to the candidate? (metric only)"""
+    def _common_region(self, q: Keyframe, c: Keyframe, d: verify.Detection, recent: set[int]) -> bool:
+        """Does the detection's pose also explain matches to a keyframe next to the candidate? (metric only;
+        recent: the query's neighbourhood, whose keyframes prove nothing)"""
         lc = self.conf["loop"]
         if not (lc["common_region"] and d.metric):
             return True
@@ -373,7 +375,6 @@ class Engine:
                 return True
             n = lc["common_neighbours"]
             near = [self._order[j] for j in range(max(0, k - n), min(len(self._order), k + n + 1)) if j != k]
-            recent, _ = self.neighbourhood.group(q)
             near = [i for i in near if i != q.id and i not in recent and self._stamp_of.get(i, np.inf) < q.stamp]
             neighbours = [self.map.get(i) for i in near]
         used = d.correspondences[:, 0]
@@ -403,7 +404,7 @@ class Engine:
             return Relocalization(stamp, False, reason="no candidate: the map is empty")
         q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1)
         with self.lock:
-            cand_ids = self._candidates(q, loop=False)
+            cand_ids = self._candidates(q, None)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("reloc_retrieve", t0)
         if not cands:
@@ -415,7 +416,9 @@ class Engine:
                 pose = verify.pnp_pose(q, cand, p, rc["min_inliers"], self.conf["verify"])
                 if pose is not None:
                     T, cov, inl, _ = pose
-                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), self._correction(cand.id) @ T))
+                    with self.lock:  # loop-corrected comparison (identity with reloc.loop_corrected off)
+                        T_corr = self._corrected(cand.id) if rc["loop_corrected"] else np.eye(4)
+                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), T_corr @ T))
             if relocalize.settled(poses, rc):
                 break  # two agreeing candidates and no disagreeing one: early acceptance
         self._tick("reloc_verify", t0)
@@ -433,21 +436,17 @@ class Engine:
                 if self._last_kf is None:
                     return np.eye(4)
                 kf_id = self._last_kf.id
-            return self.corrections.correction(kf_id, self._stamp_of, self._pose_of)
+            return self._corrected(kf_id)
 
     def corrected_poses(self) -> dict[int, np.ndarray]:
         """Keyframe id -> corrected T_map_cam [4 x 4] (SLAM pose after the pose graph), insertion order."""
         with self.lock:
-            return {i: self.corrections.correction(i, self._stamp_of, self._pose_of) @ self._pose_of[i]
-                    for i in self._order}
+            return {i: self._corrected(i) @ self._pose_of[i] for i in self._order}
 
-    def _correction(self, kf_id: int) -> np.ndarray:
-        """T_corrected_slam of a candidate keyframe (identity unless reloc.loop_corrected and loops exist)."""
-        if not self.conf["reloc"]["loop_corrected"]:
-            return np.eye(4)
-        with self.lock:
-            n = len(self.corrections.solve_ms)
-            T = self.corrections.correction(kf_id, self._stamp_of, self._pose_of)
-            if len(self.corrections.solve_ms) > n:
-                self.timing.setdefault("reloc_pose_graph", []).append(self.corrections.solve_ms[-1])
-            return T
+    def _corrected(self, kf_id: int) -> np.ndarray:
+        """T_corrected_slam of a keyframe (call under the lock); a pose-graph solve it triggers is timed."""
+        n = len(self.corrections.solve_ms)
+        T = self.corrections.correction(kf_id, self._stamp_of, self._pose_of)
+        if len(self.corrections.solve_ms) > n:
+            self.timing.setdefault("reloc_pose_graph", []).append(self.corrections.solve_ms[-1])
+        return T

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..conf import option_defaults
 from ..geometry import invert_T, rotation_angle_deg
 from ..types import Relocalization
 
@@ -34,7 +33,6 @@ OPTIONS = {
                        "accepted loops (pose graph), so copies of a place from different laps of a drifting SLAM "
                        "agree; the published pose stays in the SLAM frame of the best candidate", None),
 }
-default_conf = option_defaults(OPTIONS)
 
 
 @dataclass

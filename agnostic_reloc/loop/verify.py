@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..conf import option_defaults
 from ..geometry import estimate_essential, estimate_pnp, invert_T
 from ..types import Keyframe
 
@@ -27,7 +26,6 @@ OPTIONS = {
     "min_inlier_ratio": (0.25, "inliers / matches a candidate needs (higher: refuses more weak or aliased pairs)",
                          (0.0, 1.0)),
 }
-default_conf = option_defaults(OPTIONS)
 
 
 @dataclass
@@ -75,7 +73,7 @@ def verify_pair(q: Keyframe, c: Keyframe, pairs: np.ndarray, min_inliers: int, c
         q, c: query and candidate keyframes.
         pairs: [S x 2] int64 matched keypoint indices (query row, candidate row).
         min_inliers: inliers the pair needs.
-        conf: `default_conf` of this module.
+        conf: the engine conf's `verify` section (`OPTIONS` of this module).
     """
     if len(pairs) < min_inliers:
         return None
