@@ -37,6 +37,8 @@ class Keyframe:
         global_desc: [G] float32 L2-normalised global descriptor for retrieval.
         orb_desc: [M x 32] uint8 ORB descriptors of the kept keypoints (classic mode) or None.
         orb_valid: [M] bool, ORB descriptor exists (None when orb_desc is None).
+        n_query_rows: keypoint rows at the end that exist only while the keyframe is a loop query (query-side
+            ensemble); `stored()` drops them.
     """
 
     id: int
@@ -53,6 +55,7 @@ class Keyframe:
     global_desc: np.ndarray | None = None
     orb_desc: np.ndarray | None = None
     orb_valid: np.ndarray | None = None
+    n_query_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.n_slam < 0:
@@ -62,6 +65,24 @@ class Keyframe:
     def position(self) -> np.ndarray:
         """Camera centre in the map frame [3]."""
         return self.T_map_cam[:3, 3]
+
+    def stored(self) -> "Keyframe":
+        """The keyframe as the map keeps it: without its query-only rows (itself when it has none)."""
+        if not self.n_query_rows:
+            return self
+        n = len(self.keypoints) - self.n_query_rows
+        keep = None if self.kept is None else self.kept < n
+
+        def rows(a):
+            return None if a is None else a[:n]
+
+        def described(a):
+            return None if a is None or keep is None else a[keep]
+
+        return Keyframe(self.id, self.stamp, self.keypoints.subset(np.arange(n)), self.T_map_cam, self.K,
+                        self.image_size, self.n_slam, rows(self.map_points), rows(self.map_point_ids),
+                        described(self.kept), described(self.descriptors), self.global_desc,
+                        described(self.orb_desc), described(self.orb_valid))
 
     def has_map_points(self) -> bool:
         return self.map_points is not None and bool(np.isfinite(self.map_points[: self.n_slam]).all(1).any())
@@ -145,7 +166,8 @@ class Relocalization:
     covariance: np.ndarray | None = None
     inliers: int = 0
     matched_keyframes: list[int] = field(default_factory=list)
-    reason: str = ""
+    reason: str = ""  # why it failed (empty on success)
+    support: str = ""  # what made the pose certain (on success): agreeing candidates, a neighbour, confirmation
 
 @dataclass
 class RunResult:

@@ -119,20 +119,26 @@ class AlikedExtractor:
         levels = np.asarray(sorted(self.conf["octave_levels"]))
         return levels[np.abs(octaves[:, None] - levels[None, :]).argmin(1)] if len(octaves) else octaves
 
-    def _describe_octaves(self, images: list[np.ndarray], keypoints: list[Keypoints]) -> list[torch.Tensor]:
+    def _describe_octaves(self, images: list[np.ndarray], keypoints: list[Keypoints],
+                          full_map: torch.Tensor | None = None) -> list[torch.Tensor]:
         out = [torch.zeros(len(kp), self.descriptor_dim, device=self.device) for kp in keypoints]
         levels = [self._level_for(kp.octave) for kp in keypoints]
         for level in sorted({int(v) for lv in levels for v in lv}):
             selected = [np.flatnonzero(lv == level) for lv in levels]
             idx = [i for i, s in enumerate(selected) if len(s)]
             descs = self._describe_at_level([images[i] for i in idx],
-                                            [keypoints[i].subset(selected[i]) for i in idx], level)
+                                            [keypoints[i].subset(selected[i]) for i in idx], level,
+                                            full_map if level == 0 else None)
             for i, d in zip(idx, descs):
                 out[i][torch.from_numpy(selected[i]).to(self.device)] = d
         return out
 
-    def _describe_at_level(self, images: list[np.ndarray], keypoints: list[Keypoints],
-                           level: int | None) -> list[torch.Tensor]:
+    def _describe_at_level(self, images: list[np.ndarray], keypoints: list[Keypoints], level: int | None,
+                           full_map: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Descriptors from the map of pyramid `level` (None / 0: full resolution; `full_map`, the full-resolution
+        feature map [1 x D x H x W] of a single image, when it was computed already)."""
+        if full_map is not None and not level and len(images) == 1:
+            return self.sample(full_map, [torch.from_numpy(keypoints[0].xy)])
         results: list[torch.Tensor | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, im in enumerate(images):
@@ -163,18 +169,56 @@ class AlikedExtractor:
         if max_keypoints <= 0:
             raise ValueError(f"max_keypoints must be positive, got {max_keypoints}")
         image = check_image(image)
-        h, w = image.shape[:2]
         with self.lock:
             fmap, smap = self.dense_maps(to_tensor([image], self.device))
-            dkd = self.model.dkd
-            dkd.top_k, dkd.n_limit = max_keypoints, max_keypoints
-            kn, scores, _ = dkd(smap)
-            descs, _ = self.model.desc_head(fmap, [kn[0].to(fmap.dtype)])
+            return self._detect_in(fmap, smap, max_keypoints)
+
+    def _detect_in(self, fmap: torch.Tensor, smap: torch.Tensor, max_keypoints: int
+                   ) -> tuple[Keypoints, torch.Tensor]:
+        """ALIKED's keypoints (by descending score) and descriptors [N x D] from the full-resolution maps of one
+        image (call under the lock: kornia's DKD state is mutated)."""
+        h, w = smap.shape[-2:]
+        dkd = self.model.dkd
+        dkd.top_k, dkd.n_limit = max_keypoints, max_keypoints
+        kn, scores, _ = dkd(smap)
+        descs, _ = self.model.desc_head(fmap, [kn[0].to(fmap.dtype)])
         wh = torch.tensor([w - 1, h - 1], dtype=torch.float32, device=kn[0].device)
         xy = ((kn[0].float() + 1) / 2 * wh).cpu().numpy()
         order = np.argsort(-scores[0].float().cpu().numpy(), kind="stable")
         kpts = Keypoints(xy, response=scores[0].float().cpu().numpy(), size=np.full(len(xy), 7.0)).subset(order)
         return kpts, descs[0].float()[torch.from_numpy(order).to(descs[0].device)]
+
+    @torch.inference_mode()
+    def describe_and_detect(self, image: np.ndarray, keypoints: Keypoints, max_keypoints: int,
+                            min_distance_px: float = 3.0) -> tuple[torch.Tensor, Keypoints, torch.Tensor]:
+        """Descriptors at `keypoints` (conf sampling) plus ALIKED's own keypoints, from the same maps.
+
+        The full-resolution map that octave sampling computes for octave-0 keypoints also gives ALIKED's
+        top-`max_keypoints` keypoints; those within `min_distance_px` of one of `keypoints` are dropped (nearby
+        keypoints make LightGlue's assignments ambiguous). A query-side detector ensemble at the cost of the
+        sampling head only.
+
+        Returns (descriptors [N x D] at keypoints, the added Keypoints [E] (octave 0), their descriptors [E x D]).
+        """
+        if max_keypoints <= 0:
+            raise ValueError(f"max_keypoints must be positive, got {max_keypoints}")
+        image = check_image(image)
+        keypoints.validate(image.shape)
+        with self.lock:
+            fmap, smap = self.dense_maps(to_tensor([image], self.device))
+            extra, extra_desc = self._detect_in(fmap, smap, max_keypoints)
+            if len(keypoints) and len(extra) and min_distance_px > 0:
+                from scipy.spatial import cKDTree
+
+                dist, _ = cKDTree(keypoints.xy).query(extra.xy, k=1)
+                away = np.flatnonzero(dist > min_distance_px)
+                extra = extra.subset(away)
+                extra_desc = extra_desc[torch.from_numpy(away).to(extra_desc.device)]
+            if self.conf["sampling"] == "full":
+                desc = self.sample(fmap, [torch.from_numpy(keypoints.xy)])[0]
+            else:
+                desc = self._describe_octaves([image], [keypoints], full_map=fmap)[0]
+        return desc, extra, extra_desc
 
 
 _CACHE: dict[tuple, AlikedExtractor] = {}

@@ -62,7 +62,7 @@ def run_results(result: RunResult, src: BagEvents | None = None) -> dict:
                            "score": float(lc.score), "metric": bool(lc.metric)} for lc in result.loops],
         "relocalizations": [{"stamp": r.stamp, "T_map_cam": _T(r.T_map_cam), "inliers": int(r.inliers),
                              "matched_keyframe_stamps": [result.keyframes[k][0] for k in r.matched_keyframes
-                                                         if k in result.keyframes]}
+                                                         if k in result.keyframes], "support": r.support}
                             for r in result.relocalizations if r.success],
         "failed_relocalizations": [{"stamp": r.stamp, "reason": r.reason} for r in result.relocalizations
                                    if not r.success],

@@ -25,6 +25,7 @@ import time
 import warnings
 
 import numpy as np
+import torch
 
 from ..conf import deep_update, merge_conf, option_defaults, unflatten
 from ..features.keypoints import Keypoints
@@ -60,6 +61,14 @@ OPTIONS: dict = {
                            "(~/query/image): orb (ORB-SLAM3-like) | orb-ss | sift | gftt | akaze | aliked | disk",
                            None),
         "query_max_keypoints": (1000, "keypoints detected in such a query", (1, 100000)),
+        "query_ensemble": (512, "ALIKED's own keypoints added on the query side of relocalization queries (from "
+                           "the same full-resolution ALIKED map; those within 3 px of a SLAM keypoint are left "
+                           "out), matched against the candidates' map-point keypoints; results keep the SLAM's "
+                           "keypoint indices; 0 = off (fewer relocalizations in the dark)", (0, 10000)),
+        "query_ensemble_when": ("fallback", "fallback: match the ensemble keypoints only when the query's own "
+                                "keypoints found no pose (no extra cost where they suffice) | always", None),
+        "query_ensemble_loops": (False, "add them to loop query keyframes too (the map stores the SLAM's keypoints "
+                                 "only; costs LightGlue time on every keyframe)", None),
     },
     "matcher": {
         "name": ("lightglue", "lightglue (ALIKED at the SLAM keypoints + LightGlue) or nn (ORB Hamming, the "
@@ -172,6 +181,7 @@ class Engine:
         self.acceptance = acceptance.LoopAcceptance(c["loop"])
         self.neighbourhood = candidates.Neighbourhood(c["retrieval"])
         self.corrections = relocalize.LoopCorrections()
+        self.relocalizer = relocalize.Relocalizer(c["reloc"], c["loop"]["common_min_matches"])
         self._path_length: dict[int, float] = {}  # cumulative SLAM path length at each keyframe
         self._stamp_of: dict[int, float] = {}  # keyframe stamps (loops never look forward in time)
         self._pose_of: dict[int, np.ndarray] = {}  # SLAM T_map_cam of each keyframe (for the pose graph)
@@ -218,6 +228,7 @@ class Engine:
             self._last_kf = None
             self.acceptance.reset()
             self.corrections.reset()
+            self.relocalizer.reset()
             self._next_id = 0
 
     def save_map(self, path: str) -> None:
@@ -234,8 +245,12 @@ class Engine:
 
     def make_keyframe(self, stamp: float, image: np.ndarray, keypoints: Keypoints, T_map_cam: np.ndarray,
                       K: np.ndarray, map_points: np.ndarray | None = None, map_point_ids: np.ndarray | None = None,
-                      kf_id: int | None = None) -> Keyframe:
-        """Build and validate a keyframe: suppression, descriptors, global descriptor (nothing stored yet)."""
+                      kf_id: int | None = None, query_ensemble: int = 0) -> Keyframe:
+        """Build and validate a keyframe: suppression, descriptors, global descriptor (nothing stored yet).
+
+        query_ensemble: add this many of ALIKED's own keypoints as extra rows (no map points), for the query side
+        of matching only (see `features.query_ensemble`); the global descriptor ignores them.
+        """
         t0 = time.perf_counter()
         with self.lock:
             if kf_id is None:
@@ -256,20 +271,37 @@ class Engine:
                 kf.map_points = np.concatenate([kf.map_points, np.full((len(extra), 3), np.nan, np.float32)])
             if kf.map_point_ids is not None:
                 kf.map_point_ids = np.concatenate([kf.map_point_ids, np.full(len(extra), -1, np.int64)])
-        feats = self.pipe.extract(image, kf.keypoints)
+        n_rows = len(kf.keypoints)
+        feats = self.pipe.extract(image, kf.keypoints, ensemble=query_ensemble)
+        n_extra = len(feats.keypoints) - n_rows
+        if n_extra:  # query-side ensemble rows: no map points, never stored
+            kf.keypoints, kf.n_query_rows = feats.keypoints, n_extra
+            if kf.map_points is not None:
+                kf.map_points = np.concatenate([kf.map_points, np.full((n_extra, 3), np.nan, np.float32)])
+            if kf.map_point_ids is not None:
+                kf.map_point_ids = np.concatenate([kf.map_point_ids, np.full(n_extra, -1, np.int64)])
         kf.kept = feats.kept.astype(np.int64)
         self.matcher.describe(kf, feats)
-        kf.global_desc = global_descriptor(feats.descriptors.float().cpu().numpy(), kf.keypoints.xy[kf.kept], (w, h))
+        own = kf.kept < n_rows
+        kf.global_desc = global_descriptor(feats.descriptors[torch.from_numpy(own)].float().cpu().numpy(),
+                                           kf.keypoints.xy[kf.kept[own]], (w, h))
         self._tick("extract", t0)
         return kf
 
     def make_keyframe_from(self, ev) -> Keyframe:
-        """`make_keyframe` of a `types.KeyframeEvent`."""
+        """`make_keyframe` of a `types.KeyframeEvent` (a loop query: with `features.query_ensemble_loops`, the
+        query-side ensemble rows, which `insert_keyframe` does not store)."""
         return self.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
-                                  ev.map_point_ids, ev.kf_id)
+                                  ev.map_point_ids, ev.kf_id, self._loop_ensemble())
+
+    def _loop_ensemble(self) -> int:
+        f = self.conf["features"]
+        return f["query_ensemble"] if f["query_ensemble_loops"] else 0
 
     def insert_keyframe(self, kf: Keyframe) -> None:
-        """Store a keyframe in the map and the retrieval index (never waits for verification)."""
+        """Store a keyframe (without its query-only rows) in the map and the retrieval index (never waits for
+        verification)."""
+        kf = kf.stored()
         with self.lock:
             self.map.add(kf)
             self.index.add(kf.id, kf.global_desc, stamp=kf.stamp)
@@ -279,7 +311,8 @@ class Engine:
                          K: np.ndarray, map_points: np.ndarray | None = None,
                          map_point_ids: np.ndarray | None = None, kf_id: int | None = None) -> list[LoopClosure]:
         """Extract, insert, then look for loops of this keyframe; returns the loops accepted now."""
-        kf = self.make_keyframe(stamp, image, keypoints, T_map_cam, K, map_points, map_point_ids, kf_id)
+        kf = self.make_keyframe(stamp, image, keypoints, T_map_cam, K, map_points, map_point_ids, kf_id,
+                                self._loop_ensemble())
         self.insert_keyframe(kf)
         return self.detect_loops(kf)
 
@@ -369,21 +402,50 @@ class Engine:
         lc = self.conf["loop"]
         if not (lc["common_region"] and d.metric):
             return True
-        with self.lock:
-            k = self._ordinal.get(c.id)
-            if k is None:
-                return True
-            n = lc["common_neighbours"]
-            near = [self._order[j] for j in range(max(0, k - n), min(len(self._order), k + n + 1)) if j != k]
-            near = [i for i in near if i != q.id and i not in recent and self._stamp_of.get(i, np.inf) < q.stamp]
-            neighbours = [self.map.get(i) for i in near]
-        used = d.correspondences[:, 0]
-        for nb in neighbours:
-            if verify.projection_matches(q, d.T_map_query, nb, used, lc["common_radius_px"],
-                                         lc["common_min_similarity"], lc["common_max_hamming"]) >= lc["common_min_matches"]:
-                return True
+        support = self._neighbour_support(q, c.id, d.T_map_query, d.correspondences[:, 0], recent, q.stamp)
+        if support is None or support[0] >= lc["common_min_matches"]:
+            return True
         self.acceptance.refused["no common region with the candidate's neighbours"] += 1
         return False
+
+    def _neighbour_support(self, q: Keyframe, cand_id: int, T_map_query: np.ndarray, used_rows: np.ndarray,
+                           skip: set[int] = frozenset(), before: float | None = None,
+                           surroundings: bool = False) -> tuple[int, int, int] | None:
+        """How well the keyframes next to a candidate explain a query pose: ORB-SLAM3's check of a candidate's
+        covisible keyframes, shared by loop detection (common region) and relocalization.
+
+        The map points of up to `loop.common_neighbours` keyframes on each side of the candidate (insertion
+        order; none in `skip`, none stamped at or after `before`) are projected into the query with
+        T_map_query ([4 x 4] query camera -> SLAM map) and matched to query keypoints other than `used_rows`
+        (`verify.projection_matches`). surroundings: the candidate's own map points count too, and only
+        evidence outside the region of the `used_rows` keypoints (the PnP inliers) counts: what surrounds a
+        matched poster must match as well. Returns (most matches of one keyframe, map points in view over all
+        keyframes tried, that keyframe's id), or None when there is no keyframe to try.
+        """
+        lc = self.conf["loop"]
+        with self.lock:
+            k = self._ordinal.get(cand_id)
+            if k is None:
+                return None
+            n = lc["common_neighbours"]
+            near = [self._order[j] for j in range(max(0, k - n), min(len(self._order), k + n + 1))
+                    if j != k or surroundings]
+            near = [i for i in near if i != q.id and i not in skip
+                    and (before is None or self._stamp_of.get(i, np.inf) < before)]
+            neighbours = [self.map.get(i) for i in near]
+        if not neighbours:
+            return None
+        region = q.keypoints.xy[used_rows] if surroundings else None
+        best, in_view, best_id = 0, 0, neighbours[0].id
+        for nb in neighbours:
+            m, v = verify.projection_matches(q, T_map_query, nb, used_rows, lc["common_radius_px"],
+                                             lc["common_min_similarity"], lc["common_max_hamming"], region)
+            in_view += v
+            if m > best:
+                best, best_id = m, nb.id
+            if best >= lc["common_min_matches"]:
+                break
+        return best, in_view, best_id
 
     def _to_loop(self, d: verify.Detection) -> LoopClosure:
         q, m = self.map.get(d.kf_id), self.map.get(d.match_id)
@@ -394,7 +456,12 @@ class Engine:
 
     # ---------------------------------------------------------------- relocalization
     def relocalize(self, stamp: float, image: np.ndarray, K: np.ndarray, keypoints: Keypoints | None = None) -> Relocalization:
-        """Pose T_map_cam of a frame (SLAM keypoints, or detected with features.query_detector when None)."""
+        """Pose T_map_cam of a frame (SLAM keypoints, or detected with features.query_detector when None).
+
+        With `features.query_ensemble`, the query also gets ALIKED's own keypoints; with
+        `query_ensemble_when: fallback` they are matched only when the query's own keypoints found no pose
+        (too few inliers, or one candidate not confirmed), so queries that relocalize anyway cost no more.
+        """
         t0 = time.perf_counter()
         if keypoints is None:
             keypoints = self.pipe.keypoints(image)
@@ -402,13 +469,24 @@ class Engine:
             return Relocalization(stamp, False, reason="no keypoints in the query image")
         if len(self.map) == 0:
             return Relocalization(stamp, False, reason="no candidate: the map is empty")
-        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1)
+        f = self.conf["features"]
+        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1, query_ensemble=f["query_ensemble"])
         with self.lock:
             cand_ids = self._candidates(q, None)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("reloc_retrieve", t0)
         if not cands:
             return Relocalization(stamp, False, reason="no candidate from retrieval")
+        views = [q.stored(), q] if q.n_query_rows and f["query_ensemble_when"] == "fallback" else [q]
+        for i, view in enumerate(views):
+            result = self._relocalize_view(stamp, view, cands, final=i == len(views) - 1)
+            if result.success or not result.reason.startswith(("too few inliers", "unconfirmed")):
+                break
+        self._tick("reloc_verify", t0)
+        return result
+
+    def _relocalize_view(self, stamp: float, q: Keyframe, cands: list[Keyframe], final: bool) -> Relocalization:
+        """Match and verify one query view against the candidates, then decide (final: the last view tried)."""
         rc = self.conf["reloc"]
         poses: list[relocalize.CandidatePose] = []
         for group in self._groups(cands):
@@ -418,11 +496,14 @@ class Engine:
                     T, cov, inl, _ = pose
                     with self.lock:  # loop-corrected comparison (identity with reloc.loop_corrected off)
                         T_corr = self._corrected(cand.id) if rc["loop_corrected"] else np.eye(4)
-                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), T_corr @ T))
+                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), T_corr @ T, inl[:, 0]))
             if relocalize.settled(poses, rc):
                 break  # two agreeing candidates and no disagreeing one: early acceptance
-        self._tick("reloc_verify", t0)
-        return relocalize.decide(stamp, poses, rc)
+
+        def neighbours(p: relocalize.CandidatePose):
+            return self._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows, surroundings=True)
+
+        return self.relocalizer.decide(stamp, poses, neighbours, remember=final)  # query thread's own state
 
     # ---------------------------------------------------------------- loop-corrected poses
     def correction(self, kf_id: int | None = None) -> np.ndarray:

@@ -5,13 +5,26 @@ when their poses agree; copies of one place from different laps of a drifting SL
 poses are compared after correcting each candidate's keyframe with this session's accepted loops
 (`LoopCorrections`: pose graph over the SLAM keyframe poses). The published pose stays in the SLAM frame of
 the best candidate.
+
+Every pose is first checked against its surroundings (`neighbour_check`; the loop's common-region mechanism):
+the map points of the best candidate and of the keyframes next to it, projected with the pose, must match the
+query around the region the PnP inliers cover. A pose whose surroundings are in view and do not match is
+refuted, however many inliers or agreeing candidates it has (an aliased poster matches its copy, not the wall
+around it). A pose is then published at once when it is certain:
+  1. two or more candidates agree on it (and no comparable group disagrees), or
+  2. one candidate gives it and its surroundings match.
+Otherwise (one candidate, its neighbours out of view or unmatched in the dark) it is held back: published only
+when `confirm_frames` consecutive queries agree on where the camera is, within the motion possible between
+them, or when it has `strong_inliers`. Holding back trades latency (one more frame, ~0.1-0.5 s) for certainty:
+a lone pose that the next frames contradict is never published.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +40,21 @@ OPTIONS = {
     "agree_dist_m": (0.3, "relocalization candidates whose (loop-corrected) poses agree within this distance (m) "
                      "support each other", (0.0, 1e3)),
     "agree_angle_deg": (5.0, "... and within this angle (deg)", (0.0, 180.0)),
-    "strong_inliers": (150, "a single relocalization candidate this strong needs no second one (lower: more "
-                       "relocalizations, less certain)", (5, 100000)),
+    "strong_inliers": (150, "a single relocalization candidate this strong needs no second one nor confirmation, "
+                       "unless its neighbours refute it (lower: more relocalizations, less certain)", (5, 100000)),
+    "neighbour_check": (True, "check every pose against the map points of the best candidate and its neighbour "
+                        "keyframes around the matched region (loop.common_* thresholds): refused when they are in "
+                        "view and do not match (an aliased place), published from one candidate when they match",
+                        None),
+    "neighbour_min_in_view": (40, "projected map points in view around the matched region that refute a pose they "
+                              "do not match (fewer in view: neither support nor refutation)", (1, 100000)),
+    "confirm_frames": (2, "consecutive queries that must agree before a pose from one candidate without "
+                       "neighbour support is published (1: at once; higher: surer, later)", (1, 10)),
+    "confirm_window_s": (1.0, "queries further apart than this (s) do not confirm each other", (0.0, 60.0)),
+    "confirm_speed_mps": (1.0, "camera motion allowed between confirming queries (m/s), added to agree_dist_m",
+                          (0.0, 100.0)),
+    "confirm_rate_dps": (30.0, "camera rotation allowed between confirming queries (deg/s), added to "
+                         "agree_angle_deg", (0.0, 1000.0)),
     "loop_corrected": (True, "compare relocalization candidates after correcting their keyframes with the "
                        "accepted loops (pose graph), so copies of a place from different laps of a drifting SLAM "
                        "agree; the published pose stays in the SLAM frame of the best candidate", None),
@@ -44,6 +70,7 @@ class CandidatePose:
     covariance: np.ndarray | None  # [6 x 6] or None
     inliers: int
     T_corrected: np.ndarray  # [4 x 4] the same pose after the candidate keyframe's loop correction
+    inlier_rows: np.ndarray | None = None  # [I] query keypoint rows of the PnP inliers
 
 
 class LoopCorrections:
@@ -139,19 +166,82 @@ def settled(poses: list[CandidatePose], conf: dict) -> bool:
     return len(clusters) == 1 and len(clusters[0]) >= 2
 
 
-def decide(stamp: float, poses: list[CandidatePose], conf: dict) -> Relocalization:
-    """The relocalization of a query from its verified candidate poses, or a refusal naming the check."""
-    if not poses:
-        return Relocalization(stamp, False, matched_keyframes=[], reason="too few inliers with every candidate")
-    clusters = cluster(poses, conf)
-    best = clusters[0]
-    support = sum(p.inliers for p in best)
-    if len(clusters) > 1 and sum(p.inliers for p in clusters[1]) > 0.5 * support:
-        return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in poses],
-                              reason="inconsistent: candidates disagree on the pose")
-    if len(best) < 2 and best[0].inliers < conf["strong_inliers"]:
-        return Relocalization(stamp, False, matched_keyframes=[best[0].kf_id], inliers=best[0].inliers,
-                              reason=f"inconsistent: one candidate with {best[0].inliers} inliers and no second "
-                                     f"agreeing candidate")
-    top = best[0]
-    return Relocalization(stamp, True, top.T_map_cam, top.covariance, top.inliers, [p.kf_id for p in best], "")
+# (most matches of one neighbour, neighbour map points in view, that neighbour's id) or None (no neighbour)
+NeighbourCheck = Callable[[CandidatePose], "tuple[int, int, int] | None"]
+
+
+class Relocalizer:
+    """The relocalization decision of each query, with memory of the poses of recent queries (confirmation).
+
+    One caller at a time (the engine's query thread). `neighbour_check` is the engine's projection of the
+    candidate's neighbours (`Engine._neighbour_support`); `min_matches` the matches one neighbour must give.
+    """
+
+    def __init__(self, conf: dict, min_matches: int) -> None:
+        self.conf = conf
+        self.min_matches = min_matches
+        self.recent: deque[tuple[float, np.ndarray]] = deque(maxlen=8)  # (stamp, corrected pose) of past queries
+
+    def reset(self) -> None:
+        self.recent.clear()
+
+    def decide(self, stamp: float, poses: list[CandidatePose], neighbour_check: NeighbourCheck | None = None,
+               remember: bool = True) -> Relocalization:
+        """The relocalization of a query from its verified candidate poses, or a refusal naming the check.
+
+        remember: keep an unconfirmed pose for confirming later queries (False for a first attempt that another
+        attempt at the same query may follow; a published pose is always kept)."""
+        c = self.conf
+        if not poses:
+            return Relocalization(stamp, False, matched_keyframes=[], reason="too few inliers with every candidate")
+        clusters = cluster(poses, c)
+        best = clusters[0]
+        support = sum(p.inliers for p in best)
+        if len(clusters) > 1 and sum(p.inliers for p in clusters[1]) > 0.5 * support:
+            return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in poses],
+                                  reason="inconsistent: candidates disagree on the pose")
+        top = best[0]
+        check = neighbour_check(top) if (neighbour_check is not None and c["neighbour_check"]) else None
+        matches, in_view, nb = check if check is not None else (0, 0, None)
+        if matches < self.min_matches and in_view >= c["neighbour_min_in_view"]:
+            return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in best], inliers=top.inliers,
+                                  reason=f"refuted by the candidate's neighbours: {matches} projected matches of "
+                                         f"{in_view} map points in view around the matched region "
+                                         f"({top.inliers} inliers, {len(best)} agreeing candidates)")
+        if len(best) >= 2:
+            return self._accept(stamp, best, f"{len(best)} agreeing candidates")
+        if matches >= self.min_matches:
+            return self._accept(stamp, best, f"neighbour keyframe {nb} explains it ({matches} projected matches "
+                                             f"around the matched region)")
+        if top.inliers >= c["strong_inliers"]:
+            return self._accept(stamp, best, f"one candidate with {top.inliers} inliers")
+        agreeing = self._agreeing(stamp, top.T_corrected)
+        if agreeing + 1 >= c["confirm_frames"]:
+            return self._accept(stamp, best, f"one candidate with {top.inliers} inliers, confirmed by {agreeing} "
+                                             f"previous quer{'y' if agreeing == 1 else 'ies'}")
+        if remember:
+            self.recent.append((stamp, top.T_corrected))
+        return Relocalization(stamp, False, matched_keyframes=[top.kf_id], inliers=top.inliers,
+                              reason=f"unconfirmed: one candidate with {top.inliers} inliers, no neighbour or "
+                                     f"previous query confirms it yet")
+
+    def _accept(self, stamp: float, best: list[CandidatePose], support: str) -> Relocalization:
+        """Publish the best cluster's top pose (remembered: it confirms the next queries)."""
+        top = best[0]
+        self.recent.append((stamp, top.T_corrected))
+        return Relocalization(stamp, True, top.T_map_cam, top.covariance, top.inliers, [p.kf_id for p in best], "",
+                              support=support)
+
+    def _agreeing(self, stamp: float, T: np.ndarray) -> int:
+        """Recent queries (within confirm_window_s, older than `stamp`) whose pose agrees with T [4 x 4] given the
+        camera motion possible in between."""
+        c, n = self.conf, 0
+        for s, T_prev in self.recent:
+            dt = stamp - s
+            if not 0 < dt <= c["confirm_window_s"]:
+                continue
+            delta = invert_T(T_prev) @ T
+            if (np.linalg.norm(delta[:3, 3]) <= c["agree_dist_m"] + c["confirm_speed_mps"] * dt
+                    and rotation_angle_deg(delta) <= c["agree_angle_deg"] + c["confirm_rate_dps"] * dt):
+                n += 1
+        return n

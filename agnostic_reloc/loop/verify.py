@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ..geometry import estimate_essential, estimate_pnp, invert_T
@@ -116,19 +117,27 @@ def inlier_spread(xy: np.ndarray, image_size: tuple[int, int], grid: int = 4) ->
 
 
 def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_query_rows: np.ndarray,
-                       radius_px: float, min_similarity: float, max_hamming: int) -> int:
+                       radius_px: float, min_similarity: float, max_hamming: int,
+                       outside: np.ndarray | None = None) -> tuple[int, int]:
     """Matches between the query and a keyframe found by projecting that keyframe's map points with a pose.
 
     Each map point of `nb` (SLAM rows with a finite point and a descriptor) is projected into the query camera
-    with T_map_query ([4 x 4] query camera -> SLAM map) and matched to the most similar query keypoint within
-    `radius_px` (ALIKED: cosine >= min_similarity; ORB: Hamming <= max_hamming), each query keypoint at most
-    once and never one of `skip_query_rows` (e.g. the inliers the pose was estimated from). ORB-SLAM3's
+    with T_map_query ([4 x 4] query camera -> SLAM map) and matched to the most similar described query keypoint
+    within `radius_px` (ALIKED: cosine >= min_similarity; ORB: Hamming <= max_hamming), each query keypoint at
+    most once and never one of `skip_query_rows` (e.g. the inliers the pose was estimated from). ORB-SLAM3's
     SearchByProjection, with our descriptors.
+
+    outside: query pixels [P x 2] (e.g. the inliers the pose was estimated from): only projections and query
+    keypoints more than `radius_px` outside their convex hull count, so the evidence comes from around the
+    matched region (an aliased poster matches its copy, not the wall around it).
+
+    Returns (matches, map points of `nb` projected inside the query image): many points in view and few
+    matches refute the pose.
     """
     from scipy.spatial import cKDTree
 
     if nb.map_points is None or nb.kept is None or q.kept is None:
-        return 0
+        return 0, 0
     rows = nb.kept[nb.kept < nb.n_slam]
     sel = np.flatnonzero(nb.kept < nb.n_slam)
     xyz = nb.map_points[rows]
@@ -142,9 +151,19 @@ def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_
     w, h = q.image_size
     inside = (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] <= h - 1)
     uv, sel = uv[inside], sel[inside]
-    q_rows = np.flatnonzero(~np.isin(q.kept, skip_query_rows) & (q.kept < q.n_slam))  # indices into q.kept
+    q_rows = np.flatnonzero(~np.isin(q.kept, skip_query_rows))  # indices into q.kept
+    if outside is not None and len(outside) >= 3:
+        hull = cv2.convexHull(np.asarray(outside, np.float32).reshape(-1, 1, 2))
+
+        def away(xy: np.ndarray) -> np.ndarray:
+            return np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) < -radius_px for x, y in xy],
+                            bool).reshape(-1)
+
+        keep = away(uv)
+        uv, sel = uv[keep], sel[keep]
+        q_rows = q_rows[away(q.keypoints.xy[q.kept[q_rows]])]
     if len(uv) == 0 or len(q_rows) == 0:
-        return 0
+        return 0, len(uv)
     tree = cKDTree(q.keypoints.xy[q.kept[q_rows]])
     learned = q.descriptors is not None and nb.descriptors is not None
     used: set[int] = set()
@@ -170,4 +189,4 @@ def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_
                 used.add(g)
                 count += 1
                 break
-    return count
+    return count, len(uv)

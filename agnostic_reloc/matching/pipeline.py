@@ -116,9 +116,14 @@ class PairPipeline:
         return suppress(kpts, c["suppression"], radius=c["suppression_radius"],
                         max_octave=c["suppression_max_octave"], max_keypoints=c["max_keypoints"])
 
-    def extract(self, image: np.ndarray, keypoints: Keypoints | None = None,
-                timing: dict | None = None) -> Features:
-        """Features at `keypoints` (e.g. the SLAM's), or at the configured detector's keypoints."""
+    def extract(self, image: np.ndarray, keypoints: Keypoints | None = None, timing: dict | None = None,
+                ensemble: int = 0, ensemble_min_distance_px: float = 3.0) -> Features:
+        """Features at `keypoints` (e.g. the SLAM's), or at the configured detector's keypoints.
+
+        ensemble: add up to this many of ALIKED's own keypoints (from the same full-resolution map; those within
+        `ensemble_min_distance_px` of a given keypoint are left out). They follow the given keypoints in
+        `Features.keypoints` and `kept`, so the given keypoints keep their indices.
+        """
         timing = {} if timing is None else timing
         image = check_image(image)
         h, w = image.shape[:2]
@@ -136,7 +141,16 @@ class PairPipeline:
         if self.conf["matcher"] in ("nn", "fused"):
             orb, valid = orb_descriptors(image, sub)
         desc = orb
-        if self.aliked is not None:
+        if self.aliked is not None and ensemble > 0:
+            desc, extra, extra_desc = self.aliked.describe_and_detect(image, sub, ensemble, ensemble_min_distance_px)
+            n = len(keypoints)
+            keypoints = Keypoints.concat([keypoints, extra])
+            kept = np.concatenate([kept, n + np.arange(len(extra))]).astype(np.int64)
+            desc = torch.cat([desc, extra_desc.to(desc)])
+            if orb is not None:  # the classic mode matches ORB descriptors at the added keypoints too
+                orb_x, valid_x = orb_descriptors(image, extra)
+                orb, valid = np.concatenate([orb, orb_x]), np.concatenate([valid, valid_x])
+        elif self.aliked is not None:
             desc = self.aliked.describe([image], [sub])[0]
         timing["describe"] = timing.get("describe", 0.0) + 1e3 * (time.perf_counter() - t)
         return Features(keypoints, kept, desc, (w, h), valid, orb)

@@ -356,7 +356,7 @@ class RelocNode(Node):
             if self.pub_initialpose is not None:
                 self.pub_initialpose.publish(msg)
             text = (f"localized stamp={r.stamp:.9f} inliers={r.inliers} "
-                    f"keyframes={','.join(map(str, r.matched_keyframes))}")
+                    f"keyframes={','.join(map(str, r.matched_keyframes))} support: {r.support}")
         else:
             text = f"not localized stamp={r.stamp:.9f}: {r.reason}"
         self.pub_reloc_status.publish(String(data=text))

@@ -11,7 +11,8 @@ Frame `lap` counts the passes: 0 for the first (mapping) pass, k for a pass that
 - kidnap: one mapping lap, then `kidnap_segments` segments of `kidnap_segment_len` frames each, around
   a random pose near a lap-1 (key)frame and moving slowly, every frame within `kidnap_max_dist` (position)
   and about `kidnap_max_yaw_deg` (yaw; pitch +-3 deg) of that anchor; these frames are flagged kidnapped
-  (the SLAM is LOST there).
+  (the SLAM is LOST there). With `kidnap_night` the segments are lit by night lighting levels in turn
+  (`NIGHT_LIGHTING`: dark, noisy, motion-blurred) against the daylight map of lap 1.
 - mixed: the two laps of `loop`, then the kidnapped segments.
 
 Profiles unlike our own loop, for loops that must generalize (revisits seconds after the first pass, a
@@ -46,6 +47,15 @@ import numpy as np
 from agnostic_reloc.conf import merge_conf
 from agnostic_reloc.world.scene import Scene
 
+# Night lighting levels for kidnapped queries against a daylight map (trajectory conf "kidnap_night"): darker,
+# noisier and more motion-blurred from level 1 to 3 (levels 2 and 3 are the night revisits of
+# benchmarks/world_difficulty.py levels 4 and 5).
+NIGHT_LIGHTING = (
+    {"gain": 0.4, "gamma": 1.6, "vignetting": 0.35, "noise_std": 5.0, "blur_px": 3.0},
+    {"gain": 0.3, "gamma": 1.8, "vignetting": 0.4, "noise_std": 6.0, "blur_px": 5.0},
+    {"gain": 0.22, "gamma": 2.1, "vignetting": 0.45, "noise_std": 8.0, "blur_px": 9.0},
+)
+
 PROFILES = ("loop", "kidnap", "mixed", "corridor", "parked", "small_room")
 
 default_conf = {
@@ -70,6 +80,7 @@ default_conf = {
     "kidnap_speed": 0.05,  # camera motion within a kidnapped segment (m per frame)
     "kidnap_gap_s": 1.0,  # stamp gap before each kidnapped segment (s)
     "kidnap_lighting": ((0.6, 1.1), (0.9, 1.2)),  # (gain range, gamma range) of kidnapped segments
+    "kidnap_night": (),  # lighting dicts cycled over the kidnapped segments (e.g. NIGHT_LIGHTING); empty = day
     "corridor_length": 2.5,  # corridor: length of the stretch driven along a long wall (m)
     "corridor_speed": 0.8,  # corridor: driving speed (m/s)
     "corridor_turn_s": 1.5,  # corridor: duration of each turn-around (s)
@@ -399,10 +410,11 @@ def make_trajectory(scene: Scene, profile: str = "loop", n_frames: int | None = 
         else:
             raise ValueError("could not place a kidnapped camera in free space (room too cluttered?)")
         dyaw = np.radians(rng.uniform(-1, 1)) * 4 / max(seg_len - 1, 1)  # slow turn, at most +-2 deg from the centre
+        night = c["kidnap_night"][k % len(c["kidnap_night"])] if c["kidnap_night"] else None
         for i in range(seg_len):
             kid_poses.append(look_pose(start + step * i, yaw + dyaw * (i - (seg_len - 1) / 2), pitch))
             segments.append(k)
-            lights.append({"gain": gain, "gamma": gamma, "vignetting": 0.2, "noise_std": 2.5})
+            lights.append(dict(night) if night else {"gain": gain, "gamma": gamma, "vignetting": 0.2, "noise_std": 2.5})
     if kid_poses:
         T = np.concatenate([T, np.stack(kid_poses)])
     n = len(T)

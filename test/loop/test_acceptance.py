@@ -98,11 +98,12 @@ def test_common_region_accepts_the_true_pose_and_refutes_a_wrong_one(corridor, c
     lc_conf = default_conf["loop"]
     args = (lc_conf["common_radius_px"], lc_conf["common_min_similarity"], lc_conf["common_max_hamming"])
     used = d.correspondences[:, 0]
-    right = max(projection_matches(q, d.T_map_query, nb, used, *args) for nb in neighbours)
+    right = max(projection_matches(q, d.T_map_query, nb, used, *args)[0] for nb in neighbours)
     wrong_T = d.T_map_query.copy()
     wrong_T[:3, 3] += wrong_T[:3, :3] @ np.array([0.5, 0.0, 0.0])  # half a metre sideways in the camera frame
-    wrong = max(projection_matches(q, wrong_T, nb, used, *args) for nb in neighbours)
+    wrong, in_view = max(projection_matches(q, wrong_T, nb, used, *args) for nb in neighbours)
     assert right >= lc_conf["common_min_matches"] > wrong
+    assert in_view >= 50  # the wrong pose is refuted: its neighbours' points are in view, and do not match
 
 
 def test_inlier_spread():

@@ -1,0 +1,183 @@
+"""Relocalization where ORB fails: kidnapped frames at night against a daylight map (world generator).
+
+Query-side ALIKED ensemble, single-candidate verification by the candidate's neighbours, confirmation by
+consecutive queries, and an aliased place (the same poster on two walls) that must never give a pose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agnostic_reloc.conf import option_defaults
+from agnostic_reloc.eval.runs import evaluate
+from agnostic_reloc.features.detectors import detect
+from agnostic_reloc.geometry import invert_T
+from agnostic_reloc.loop import relocalize
+from agnostic_reloc.loop.engine import Engine
+from agnostic_reloc.loop.runner import events_from_sequence
+from agnostic_reloc.loop.verify import pnp_pose
+from agnostic_reloc.types import KeyframeEvent, QueryEvent, RunResult
+
+pytestmark = pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m "not slow"` skips it
+
+
+@pytest.fixture(scope="module")
+def night(photos):
+    """A daylight mapping lap (320x240) and kidnapped segments at the two darkest night levels; the engine holds
+    the lap's keyframes."""
+    from agnostic_reloc.world import NIGHT_LIGHTING, make_sequence
+
+    conf = {"camera": {"width": 320, "height": 240, "f": 250.0},
+            "trajectory": {"frames_per_lap": 70, "kidnap_segments": 4, "kidnap_segment_len": 3,
+                           "kidnap_night": NIGHT_LIGHTING[1:]},
+            "slam": {"kf_max_dist": 0.6, "kf_max_angle_deg": 20.0, "kf_max_gap": 8}}
+    seq = make_sequence(seed=5, profile="kidnap", conf=conf, progress=False)
+    events = list(events_from_sequence(seq))
+    engine = Engine({"device": "cpu"})
+    keyframes = {}
+    for ev in events:
+        if isinstance(ev, KeyframeEvent):
+            kf = engine.make_keyframe_from(ev)
+            engine.insert_keyframe(kf)
+            keyframes[kf.id] = (kf.stamp, kf.T_map_cam)
+    return seq, engine, keyframes, [ev for ev in events if isinstance(ev, QueryEvent)]
+
+
+def relocalize_all(engine: Engine, queries: list[QueryEvent], **features) -> list:
+    saved = dict(engine.conf["features"])
+    engine.conf["features"].update(features)
+    engine.relocalizer.reset()
+    try:
+        return [engine.relocalize(q.stamp, q.image, q.K, q.keypoints) for q in queries]
+    finally:
+        engine.conf["features"].update(saved)
+
+
+def test_query_ensemble_raises_night_relocalizations(night):
+    """ALIKED's own keypoints on the query side relocalize more dark frames, and none wrong."""
+    seq, engine, keyframes, queries = night
+    gt = {f.stamp: f.T_world_cam for f in seq.frames}
+    outcome = {}
+    for n in (0, engine.conf["features"]["query_ensemble"]):
+        rels = relocalize_all(engine, queries, query_ensemble=n)
+        m = evaluate(RunResult(relocalizations=rels, keyframes=keyframes), gt)["relocalization"]
+        outcome[n] = (sum(r.success for r in rels), m["success_at"])
+        print(n, outcome[n], [r.reason or r.support for r in rels])
+        assert m["success_at"]["5m_10deg"] * len(queries) >= outcome[n][0]  # every published pose is right
+    (n_off, at_off), (n_on, at_on) = outcome.values()
+    assert at_on["0.5m_5deg"] > at_off["0.5m_5deg"]
+
+
+def test_query_ensemble_rows_follow_the_slam_rows(night):
+    """The query keyframe keeps the SLAM's keypoints first, in order; ensemble rows have no map point and are
+    away from every SLAM keypoint."""
+    _, engine, _, queries = night
+    q = queries[0]
+    kf = engine.make_keyframe(q.stamp, q.image, q.keypoints, np.eye(4), q.K, kf_id=-1, query_ensemble=256)
+    n = len(q.keypoints)
+    assert kf.n_slam == n and n < len(kf.keypoints) <= n + 256
+    np.testing.assert_array_equal(kf.keypoints.xy[:n], q.keypoints.xy)
+    extra = kf.keypoints.xy[n:]
+    gap = np.linalg.norm(extra[:, None] - q.keypoints.xy[None], axis=-1).min(1)
+    assert gap.min() > 3.0
+    assert len(kf.kept) == len(kf.descriptors) and kf.kept.max() == len(kf.keypoints) - 1
+
+
+def test_single_candidate_refuted_by_its_neighbours(night):
+    """A night query's pose from one candidate is explained by the candidate's neighbours; the same pose moved
+    half a metre is refused by them, with that reason, however many inliers it claims."""
+    _, engine, _, queries = night
+    decider = relocalize.Relocalizer(engine.conf["reloc"], engine.conf["loop"]["common_min_matches"])
+    found = None
+    for ev in queries:
+        q = engine.make_keyframe(ev.stamp, ev.image, ev.keypoints, np.eye(4), ev.K, kf_id=-1)
+        for cand in [engine.map.get(i) for i in engine._candidates(q, None)]:
+            pose = pnp_pose(q, cand, engine.matcher.match(q, [cand])[0], 40, engine.conf["verify"])
+            if pose is not None:
+                found = (q, cand, pose)
+                break
+        if found:
+            break
+    assert found, "no night query verified against any candidate"
+    q, cand, (T, cov, inl, _) = found
+
+    def check(p):
+        return engine._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows)
+
+    right = decider.decide(1.0, [relocalize.CandidatePose(cand.id, T, cov, len(inl), T, inl[:, 0])], check)
+    assert right.success and "neighbour keyframe" in right.support, right.reason
+    wrong_T = T.copy()
+    wrong_T[:3, 3] += wrong_T[:3, :3] @ np.array([0.5, 0.0, 0.0])  # half a metre sideways in the camera frame
+    wrong = decider.decide(5.0, [relocalize.CandidatePose(cand.id, wrong_T, cov, 300, wrong_T, inl[:, 0])], check)
+    assert not wrong.success and wrong.reason.startswith("refuted by the candidate's neighbours"), wrong.reason
+
+
+def test_consecutive_queries_confirm_a_lone_pose():
+    """A lone weak pose is held back; the next query agreeing within the motion bound publishes its own pose, a
+    contradicting one does not."""
+    conf = option_defaults(relocalize.OPTIONS)
+    decider = relocalize.Relocalizer(conf, 12)
+
+    def pose(x: float, inliers: int = 60) -> relocalize.CandidatePose:
+        T = np.eye(4)
+        T[0, 3] = x
+        return relocalize.CandidatePose(7, T, np.eye(6), inliers, T)
+
+    first = decider.decide(10.0, [pose(0.0)])
+    assert not first.success and first.reason.startswith("unconfirmed")
+    second = decider.decide(10.2, [pose(0.1)])
+    assert second.success and "confirmed by 1 previous query" in second.support
+    far = decider.decide(10.4, [pose(3.0)])  # 3 m in 0.2 s: contradicts the recent queries
+    assert not far.success
+    late = decider.decide(30.0, [pose(3.05)])  # the agreeing pose is older than confirm_window_s
+    assert not late.success
+    strong = decider.decide(40.0, [pose(9.0, conf["strong_inliers"])])
+    assert strong.success
+
+
+def test_aliased_poster_never_gives_a_pose(night):
+    """The camera faces one copy of a poster hung twice; the map holds only keyframes that see the other copy.
+    Whatever the candidates, no wrong pose is published."""
+    from agnostic_reloc.world.render import render
+    from agnostic_reloc.world.trajectory import look_pose
+
+    seq, _, _, _ = night
+    scene = seq.scene
+    pair = sorted({p.alias_group for p in scene.planes if p.alias_group >= 0})
+    assert pair, "the world has aliased posters"
+    posters = [p for p in scene.planes if p.alias_group == pair[0]]
+    seen_b = posters[1]
+    centre = seen_b.corners.mean(0)
+    normal = np.cross(seen_b.corners[1] - seen_b.corners[0], seen_b.corners[3] - seen_b.corners[0])
+    normal /= np.linalg.norm(normal)
+    if np.dot(normal, np.array([0.0, 0.0, 1.4]) - centre) < 0:  # towards the room
+        normal = -normal
+    eye = centre + 1.3 * normal
+    eye[2] = 1.4
+    view = centre - eye
+    T_world_cam = look_pose(eye, np.arctan2(view[1], view[0]), np.arcsin(view[2] / np.linalg.norm(view)))
+    image, _, plane_id = render(scene, T_world_cam, seq.K, seq.image_size, {"gain": 0.9, "noise_std": 2.0})
+    assert (plane_id == seen_b.id).mean() > 0.3  # the poster fills much of the view
+
+    # a map of the mapping lap without the keyframes that see the copy in view
+    engine = Engine({"device": "cpu"})
+    keyframes = {}
+    for f in seq.frames:
+        if f.is_keyframe and not f.kidnapped:
+            _, _, pid = render(scene, f.T_world_cam, seq.K, seq.image_size)
+            if (pid == seen_b.id).mean() > 0.0:
+                continue
+            kf = engine.make_keyframe(f.stamp, f.image, f.keypoints, f.T_map_cam, seq.K, f.map_points,
+                                      f.map_point_ids)
+            engine.insert_keyframe(kf)
+            keyframes[kf.id] = (kf.stamp, kf.T_map_cam)
+    assert any((render(scene, f.T_world_cam, seq.K, seq.image_size)[2] == posters[0].id).mean() > 0.05
+               for f in seq.frames if f.is_keyframe)  # the other copy is in the map
+    stamp = seq.frames[-1].stamp + 10.0
+    r = engine.relocalize(stamp, image, seq.K, detect(image, "orb", 1000))
+    print(r.success, r.reason or r.support, r.matched_keyframes)
+    if r.success:  # a pose may only be published if it is the true one (never: that place is not mapped)
+        T_map_world = keyframes[r.matched_keyframes[0]][1] @ invert_T(seq.gt_pose(keyframes[r.matched_keyframes[0]][0]))
+        err = np.linalg.norm((invert_T(T_map_world) @ r.T_map_cam)[:3, 3] - T_world_cam[:3, 3])
+        assert err < 0.5, f"aliased place gave a pose {err:.2f} m off ({r.support})"
