@@ -139,6 +139,11 @@ def _add_replay(sub) -> None:
     p.add_argument("--realtime", action="store_true", help="pace the replay by the bag's log times")
     p.add_argument("--matcher", default=None, choices=("lightglue", "nn"), help="override engine.matcher")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="override engine.device")
+    p.add_argument("--map-in", default=None, metavar="FILE",
+                   help="load this keyframe map first (written by --map-out or the node's save_map): the bag's "
+                        "queries relocalize against it, its keyframes join it; GT must cover its keyframes too")
+    p.add_argument("--map-out", default=None, metavar="FILE",
+                   help="save the map (loaded + new keyframes) here at the end, atomically (may be --map-in)")
     p.set_defaults(func=cmd_replay)
 
 
@@ -155,7 +160,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         engine_conf = deep_update(engine_conf, {"matcher": {"name": args.matcher}})
     try:
         rep = replay(args.bag, args.out, engine_conf, args.gt, parse_remaps(args.remap), args.realtime,
-                     conf=replay_conf)
+                     conf=replay_conf, map_in=args.map_in, map_out=args.map_out)
     except BagError as exc:
         return _bag_error(args, exc)
     res = rep.results
@@ -164,6 +169,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"metrics skipped: {res['metrics_skipped']}")
     print(f"wrote {Path(args.out) / 'results.json'}" + ("" if res.get("metrics_skipped") else
                                                           f", report.md and plots in {args.out}"))
+    if res["map"]["saved"]:
+        print(f"saved the map ({res['map']['saved_keyframes']} keyframes) to {res['map']['saved']}")
     return 0
 
 
@@ -180,28 +187,41 @@ def _add_make_bag(sub) -> None:
     p.add_argument("--small", action="store_true", help="the demo's world: 320x240, sparser keyframes")
     p.add_argument("--fps", type=float, default=None, help="frame rate in Hz (default 5; the laps keep their "
                                                          "length, so more, closer frames: use >= 10 for ORB-SLAM3)")
+    p.add_argument("--night", action="store_true", help="light the kidnapped segments at night (world.NIGHT_LIGHTING "
+                                                        "levels in turn) against the daylight laps")
+    p.add_argument("--split", action="store_true",
+                   help="two sessions: OUT/laps and OUT/kidnapped bags (replay the second with --map-in of the "
+                        "first's --map-out) and OUT/ground_truth.txt (TUM, every frame)")
     p.set_defaults(func=cmd_make_bag)
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
     from .io.bags import BagError, make_bag
+    from .world import NIGHT_LIGHTING
 
+    conf = {"trajectory": {"kidnap_night": NIGHT_LIGHTING}} if args.night else None
     try:
         info = make_bag(args.out, args.seed, args.frames, args.profile, args.storage, not args.no_depth, args.small,
-                        fps=args.fps)
+                        fps=args.fps, conf=conf, split=args.split)
     except BagError as exc:
         return _bag_error(args, exc)
     print(f"wrote {args.out} ({info['storage']}): {info['frames']} frames, {info['keyframes']} keyframes, "
           f"{info['queries']} lost frames, {info['messages']} messages")
+    for b in info.get("bags", {}).values():
+        print(f"  {b['path']}: {b['frames']} frames, {b['keyframes']} keyframes, {b['queries']} lost frames")
+    if "ground_truth" in info:
+        print(f"  {info['ground_truth']}: ground truth of every frame (TUM)")
     return 0
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job without ROS: make a world bag, replay it with the learned and "
-                                    "the classic matcher, print the metrics side by side, write report.md")
-    p.add_argument("--out", default="demo_out", help="output folder (its bag/ is replaced)")
-    p.add_argument("--frames", type=int, default=None, help="number of frames (default: the mixed profile's, 215)")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="the main job without ROS: a world as two sessions (day: mapping + loops, map "
+                                    "saved; night: kidnapped frames relocalized against the loaded map), each "
+                                    "with the learned and the classic matcher; report.md side by side")
+    p.add_argument("--out", default="demo_out", help="output folder (its bags/ and maps are replaced)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames of the sequence, both sessions (default: the mixed profile's, 218)")
+    p.add_argument("--seed", type=int, default=None, help="world seed (default: tools.demo.DEMO_SEED)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_demo)
 
@@ -209,16 +229,15 @@ def _add_demo(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .eval.report import metrics_table
     from .io.bags import BagError
-    from .tools.demo import run_demo
+    from .tools.demo import DEMO_SEED, run_demo, segments_table
 
     t0 = time.perf_counter()
     try:
-        runs = run_demo(args.out, args.frames, args.seed, device=args.device)
+        runs = run_demo(args.out, args.frames, DEMO_SEED if args.seed is None else args.seed, device=args.device)
     except BagError as exc:
         return _bag_error(args, exc)
-    print(metrics_table(runs))
+    print(segments_table(runs))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {Path(args.out) / 'report.md'}")
     return 0
 

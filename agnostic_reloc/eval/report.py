@@ -28,7 +28,8 @@ def summary(results: dict) -> dict[str, str]:
     rows = {
         "loop precision": _f(loops.get("precision")),
         "loop recall": _f(loops.get("recall")),
-        "loop recall @100% precision": _f(loops.get("recall_at_100p")),
+        # a session without revisits (e.g. queries only) has no recall to give, not a recall of 0
+        "loop recall @100% precision": _f(loops.get("recall_at_100p") if loops.get("n_revisit_queries") else None),
         "loops accepted / false": (f"{len(results['loop_closures'])} / {loops['n_false']}" if loops
                                    else f"{len(results['loop_closures'])} / -"),
         "ATE before -> after pose graph (m)": (f"{_f(ate.get('ate_before_m'))} -> {_f(ate.get('ate_after_m'))}"
@@ -99,9 +100,10 @@ def write_plots(out: str | Path, result: RunResult, plot: dict, prefix: str = ""
     except Exception as exc:
         logger.warning("trajectory plot failed: %s", exc)
     try:
-        name = f"{prefix}loop_pr_curve.png"
-        plot_pr_curve({"loops": plot["curve"]}, out / name)
-        files["pr_curve"] = name
+        if len(plot["curve"][0]):  # no curve without loops (e.g. a session of queries only)
+            name = f"{prefix}loop_pr_curve.png"
+            plot_pr_curve({"loops": plot["curve"]}, out / name)
+            files["pr_curve"] = name
     except Exception as exc:
         logger.warning("precision-recall plot failed: %s", exc)
     timings = {k: v for k, v in result.timing_ms.items() if len(v)}
@@ -113,6 +115,38 @@ def write_plots(out: str | Path, result: RunResult, plot: dict, prefix: str = ""
         except Exception as exc:
             logger.warning("latency plot failed: %s", exc)
     return files
+
+
+def plot_grouped_bars(groups: list[str], values: dict[str, list[float | None]], path: str | Path,
+                      ylabel: str = "", title: str = "") -> Path:
+    """PNG of one bar per series (e.g. matcher mode) in each group (e.g. a segment of a run), the value written on
+    top. values: series name -> one value per group (None = not measured: no bar, '-' written). Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for name, v in values.items():
+        if len(v) != len(groups):
+            raise ValueError(f"series {name!r} has {len(v)} values for {len(groups)} groups")
+    fig = Figure(figsize=(max(5.0, 2.2 * len(groups)), 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(values), 1)
+    top = max([x for v in values.values() for x in v if x is not None] + [1.0])
+    for k, (name, v) in enumerate(values.items()):
+        x = np.arange(len(groups)) - 0.4 + width * (k + 0.5)
+        h = [np.nan if y is None else float(y) for y in v]
+        ax.bar(x, np.nan_to_num(h), width, label=name)
+        for xi, yi in zip(x, h):
+            ax.text(xi, (0 if np.isnan(yi) else yi) + 0.01 * top, "-" if np.isnan(yi) else f"{yi:.2f}",
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 1.12 * top))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
 
 
 def write_report(out: str | Path, runs: dict[str, tuple[dict, dict[str, str], str]], title: str,
@@ -138,7 +172,13 @@ def write_report(out: str | Path, runs: dict[str, tuple[dict, dict[str, str], st
         else:
             cov = results["metrics"].get("gt_coverage", {})
             lines.append(f"- ground truth: {results['metrics'].get('gt_source')} (keyframes {cov.get('keyframes')}, "
-                         f"queries {cov.get('queries')})")
+                         f"queries {cov.get('queries')}"
+                         + (f", loaded map keyframes {cov['map_keyframes']})" if "map_keyframes" in cov else ")"))
+        kf_map = results.get("map") or {}
+        if kf_map.get("loaded"):
+            lines.append(f"- map loaded: `{kf_map['loaded']}` ({kf_map['loaded_keyframes']} keyframes)")
+        if kf_map.get("saved"):
+            lines.append(f"- map saved: `{kf_map['saved']}` ({kf_map['saved_keyframes']} keyframes)")
         if results.get("rejected_counts"):
             lines.append(f"- dropped messages by kind: {results['rejected_counts']}")
         for note in results.get("notes", []):

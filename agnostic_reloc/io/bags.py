@@ -332,16 +332,29 @@ SMALL_WORLD = {"camera": {"width": 320, "height": 240, "f": 250.0}, "trajectory"
                "slam": {"kf_max_dist": 0.6, "kf_max_angle_deg": 20.0, "kf_max_gap": 8}}
 
 
+SPLIT_BAGS = ("laps", "kidnapped")  # make_bag(split=True): the tracked laps, then the kidnapped (LOST) frames
+GROUND_TRUTH_FILE = "ground_truth.txt"  # make_bag(split=True): every frame's T_world_cam as a TUM file
+
+
 def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, profile: str = "mixed",
              storage: str = "sqlite3", depth: bool = True, small: bool = False, ground_truth: bool = True,
-             progress: bool = True, fps: float | None = None) -> dict:
+             progress: bool = True, fps: float | None = None, conf: dict | None = None, split: bool = False) -> dict:
     """Render a world-generator sequence and write it as a contract bag (see `sequence_messages`).
 
     small: the demo's world (SMALL_WORLD). fps: frame rate (default 5 Hz); the laps keep their length, so a
     higher rate gives proportionally more, closer frames (real ORB-SLAM3 needs >= 10 Hz to track the world).
-    Returns counts {frames, keyframes, queries, messages, storage}. BagError when `out` exists (never
-    overwritten).
+    conf: nested overrides of the world conf (world.sequence.default_conf), applied last, e.g.
+    {"trajectory": {"kidnap_night": world.NIGHT_LIGHTING}} for kidnapped frames lit at night.
+    split: `out` becomes a folder of two bags of the one sequence, for a two-session run: `out/laps` (the
+    tracked laps: keyframes, loops) and `out/kidnapped` (the kidnapped frames, all LOST: relocalization
+    queries, to replay against the map saved by a replay of the first), plus `out/ground_truth.txt`, every
+    frame's T_world_cam as a TUM file (the second bag's own ground truth does not cover the map's keyframes).
+    Stamps continue from the first bag into the second, so both share one SLAM map frame.
+    Returns counts {frames, keyframes, queries, messages, storage, image_size}, with split also {bags: {name:
+    {path, frames, keyframes, queries, messages}}, ground_truth: path}. BagError when `out` exists (never
+    overwritten) or, with split, when the profile has no kidnapped frames.
     """
+    from ..conf import deep_update
     from ..world import make_sequence
 
     out = Path(out)
@@ -349,18 +362,48 @@ def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, p
         raise BagError(f"{out} exists already; not overwriting it (choose a new path or delete it)")
     if storage not in STORAGES:
         raise BagError(f"unknown bag storage '{storage}' (choose {' or '.join(STORAGES)})")
-    conf = {**(SMALL_WORLD if small else {}), "keep_depth": bool(depth)}
+    world_conf = {**(SMALL_WORLD if small else {}), "keep_depth": bool(depth)}
     if fps is not None:
         if not 0 < float(fps) <= 100:
             raise BagError(f"--fps must be in (0, 100] Hz, got {fps}")
         from ..world.trajectory import default_conf as traj_conf
 
         scale = float(fps) / traj_conf["fps"]
-        conf["trajectory"] = {**conf.get("trajectory", {}), "fps": float(fps),
-                              "frames_per_lap": int(round(traj_conf["frames_per_lap"] * scale)),
-                              "kidnap_speed": traj_conf["kidnap_speed"] / scale}
-    seq = make_sequence(seed=seed, profile=profile, n_frames=frames, conf=conf, progress=progress)
-    n = write_bag(out, sequence_messages(seq, depth, ground_truth), storage, progress)
-    return {"frames": len(seq.frames), "keyframes": sum(f.is_keyframe for f in seq.frames),
-            "queries": sum(f.tracking_state != "OK" for f in seq.frames), "messages": n, "storage": storage,
-            "image_size": list(seq.image_size)}
+        world_conf["trajectory"] = {**world_conf.get("trajectory", {}), "fps": float(fps),
+                                    "frames_per_lap": int(round(traj_conf["frames_per_lap"] * scale)),
+                                    "kidnap_speed": traj_conf["kidnap_speed"] / scale}
+    world_conf = deep_update(world_conf, conf)
+    seq = make_sequence(seed=seed, profile=profile, n_frames=frames, conf=world_conf, progress=progress)
+    info = {**_counts(seq.frames), "storage": storage, "image_size": list(seq.image_size)}
+    if not split:
+        info["messages"] = write_bag(out, sequence_messages(seq, depth, ground_truth), storage, progress)
+        return info
+    import dataclasses
+
+    parts = dict(zip(SPLIT_BAGS, ([f for f in seq.frames if not f.kidnapped], [f for f in seq.frames if f.kidnapped])))
+    if not parts["kidnapped"]:
+        raise BagError(f"profile '{profile}' has no kidnapped frames, so there is no second session to split off "
+                       f"(use the mixed or kidnap profile)")
+    out.mkdir(parents=True)
+    info["bags"], info["messages"] = {}, 0
+    for name, part in parts.items():
+        n = write_bag(out / name, sequence_messages(dataclasses.replace(seq, frames=part), depth, ground_truth),
+                      storage, progress)
+        info["bags"][name] = {"path": str(out / name), **_counts(part), "messages": n}
+        info["messages"] += n
+    gt = out / GROUND_TRUTH_FILE
+    gt.write_text("# stamp tx ty tz qx qy qz qw (T_world_cam of every frame, both bags)\n"
+                  + "".join(_tum_row(f.stamp, f.T_world_cam) for f in seq.frames))
+    info["ground_truth"] = str(gt)
+    return info
+
+
+def _counts(frames) -> dict:
+    return {"frames": len(frames), "keyframes": sum(f.is_keyframe and f.tracking_state == "OK" for f in frames),
+            "queries": sum(f.tracking_state != "OK" for f in frames)}
+
+
+def _tum_row(stamp: float, T: np.ndarray) -> str:
+    """One TUM row `stamp tx ty tz qx qy qz qw` (read back by io.tum.load_tum)."""
+    p, q = T_to_pose(T)
+    return " ".join(repr(float(v)) for v in (stamp, *p, *q)) + "\n"

@@ -29,6 +29,7 @@ import torch
 
 from ..conf import deep_update, merge_conf, option_defaults, unflatten
 from ..features.keypoints import Keypoints
+from ..geometry import estimate_pnp, invert_T
 from ..map.store import KeyframeMap
 from ..matching.keyframes import HammingKeyframes, LightGlueKeyframes
 from ..matching.pipeline import PairPipeline, lightglue_from
@@ -410,17 +411,16 @@ class Engine:
 
     def _neighbour_support(self, q: Keyframe, cand_id: int, T_map_query: np.ndarray, used_rows: np.ndarray,
                            skip: set[int] = frozenset(), before: float | None = None,
-                           surroundings: bool = False) -> tuple[int, int, int] | None:
+                           pairs_out: list | None = None) -> tuple[int, int, int] | None:
         """How well the keyframes next to a candidate explain a query pose: ORB-SLAM3's check of a candidate's
         covisible keyframes, shared by loop detection (common region) and relocalization.
 
         The map points of up to `loop.common_neighbours` keyframes on each side of the candidate (insertion
         order; none in `skip`, none stamped at or after `before`) are projected into the query with
         T_map_query ([4 x 4] query camera -> SLAM map) and matched to query keypoints other than `used_rows`
-        (`verify.projection_matches`). surroundings: the candidate's own map points count too, and only
-        evidence outside the region of the `used_rows` keypoints (the PnP inliers) counts: what surrounds a
-        matched poster must match as well. Returns (most matches of one keyframe, map points in view over all
-        keyframes tried, that keyframe's id), or None when there is no keyframe to try.
+        (`verify.projection_matches`). Returns (most matches of one neighbour, map points in view over all
+        neighbours tried, that neighbour's id), or None when the candidate has no such neighbour. pairs_out
+        receives the matches (query keypoint row, map point [3]) of every neighbour tried.
         """
         lc = self.conf["loop"]
         with self.lock:
@@ -428,22 +428,20 @@ class Engine:
             if k is None:
                 return None
             n = lc["common_neighbours"]
-            near = [self._order[j] for j in range(max(0, k - n), min(len(self._order), k + n + 1))
-                    if j != k or surroundings]
+            near = [self._order[j] for j in range(max(0, k - n), min(len(self._order), k + n + 1)) if j != k]
             near = [i for i in near if i != q.id and i not in skip
                     and (before is None or self._stamp_of.get(i, np.inf) < before)]
             neighbours = [self.map.get(i) for i in near]
         if not neighbours:
             return None
-        region = q.keypoints.xy[used_rows] if surroundings else None
         best, in_view, best_id = 0, 0, neighbours[0].id
         for nb in neighbours:
             m, v = verify.projection_matches(q, T_map_query, nb, used_rows, lc["common_radius_px"],
-                                             lc["common_min_similarity"], lc["common_max_hamming"], region)
+                                             lc["common_min_similarity"], lc["common_max_hamming"], pairs_out)
             in_view += v
             if m > best:
                 best, best_id = m, nb.id
-            if best >= lc["common_min_matches"]:
+            if best >= lc["common_min_matches"] and pairs_out is None:
                 break
         return best, in_view, best_id
 
@@ -496,14 +494,33 @@ class Engine:
                     T, cov, inl, _ = pose
                     with self.lock:  # loop-corrected comparison (identity with reloc.loop_corrected off)
                         T_corr = self._corrected(cand.id) if rc["loop_corrected"] else np.eye(4)
-                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), T_corr @ T, inl[:, 0]))
+                    poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), T_corr @ T, inl[:, 0],
+                                                          cand.map_points[inl[:, 1]]))
             if relocalize.settled(poses, rc):
                 break  # two agreeing candidates and no disagreeing one: early acceptance
 
         def neighbours(p: relocalize.CandidatePose):
-            return self._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows, surroundings=True)
+            found: list = []
+            check = self._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows, pairs_out=found)
+            return None if check is None else (*check, self._refined(q, p, found))
 
         return self.relocalizer.decide(stamp, poses, neighbours, remember=final)  # query thread's own state
+
+    def _refined(self, q: Keyframe, p: relocalize.CandidatePose, found: list) -> tuple | None:
+        """The pose of `p` re-estimated by PnP from its inliers plus the neighbours' projected matches `found`
+        ((query row, map point) pairs): more points over more of the image pin down the rotation / translation
+        trade-off of a narrow view (ORB-SLAM3 also re-optimizes after its search by projection). Returns
+        (T_map_cam [4 x 4], covariance [6 x 6] or None), or None when it does not keep at least as many inliers."""
+        if not found or p.inlier_xyz is None:
+            return None
+        rows = np.concatenate([p.inlier_rows, [r for r, _ in found]])
+        xyz = np.concatenate([p.inlier_xyz, np.stack([x for _, x in found])]).astype(np.float64)
+        _, first = np.unique(rows, return_index=True)  # one point per query keypoint, the PnP inlier's first
+        res = estimate_pnp(q.keypoints.xy[rows[first]], xyz[first], q.K, self.conf["verify"]["pnp_threshold_px"],
+                           p.inliers)
+        if not res.success or res.num_inliers < p.inliers:
+            return None
+        return invert_T(res.model), res.covariance
 
     # ---------------------------------------------------------------- loop-corrected poses
     def correction(self, kf_id: int | None = None) -> np.ndarray:

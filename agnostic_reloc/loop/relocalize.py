@@ -6,13 +6,14 @@ poses are compared after correcting each candidate's keyframe with this session'
 (`LoopCorrections`: pose graph over the SLAM keyframe poses). The published pose stays in the SLAM frame of
 the best candidate.
 
-Every pose is first checked against its surroundings (`neighbour_check`; the loop's common-region mechanism):
-the map points of the best candidate and of the keyframes next to it, projected with the pose, must match the
-query around the region the PnP inliers cover. A pose whose surroundings are in view and do not match is
-refuted, however many inliers or agreeing candidates it has (an aliased poster matches its copy, not the wall
-around it). A pose is then published at once when it is certain:
+Every pose is first checked against the keyframes next to its best candidate (`neighbour_check`; the loop's
+common-region mechanism): their map points, projected with the pose, must match the query. A pose whose
+neighbours' points are in view and do not match is refuted, however many inliers or agreeing candidates it has.
+A pose is then published at once when it is certain:
   1. two or more candidates agree on it (and no comparable group disagrees), or
-  2. one candidate gives it and its surroundings match.
+  2. one candidate gives it and its neighbours' points match.
+The published pose is re-estimated from the PnP inliers plus the neighbours' matches (more points over more
+of the image, as ORB-SLAM3 re-optimizes after its search by projection).
 Otherwise (one candidate, its neighbours out of view or unmatched in the dark) it is held back: published only
 when `confirm_frames` consecutive queries agree on where the camera is, within the motion possible between
 them, or when it has `strong_inliers`. Holding back trades latency (one more frame, ~0.1-0.5 s) for certainty:
@@ -42,12 +43,11 @@ OPTIONS = {
     "agree_angle_deg": (5.0, "... and within this angle (deg)", (0.0, 180.0)),
     "strong_inliers": (150, "a single relocalization candidate this strong needs no second one nor confirmation, "
                        "unless its neighbours refute it (lower: more relocalizations, less certain)", (5, 100000)),
-    "neighbour_check": (True, "check every pose against the map points of the best candidate and its neighbour "
-                        "keyframes around the matched region (loop.common_* thresholds): refused when they are in "
-                        "view and do not match (an aliased place), published from one candidate when they match",
-                        None),
-    "neighbour_min_in_view": (40, "projected map points in view around the matched region that refute a pose they "
-                              "do not match (fewer in view: neither support nor refutation)", (1, 100000)),
+    "neighbour_check": (True, "check every pose against the map points of the best candidate's neighbour "
+                        "keyframes (loop.common_* thresholds): refused when they are in view and do not match, "
+                        "published from one candidate when they match, refined with their matches", None),
+    "neighbour_min_in_view": (40, "projected neighbour map points in view that refute a pose they do not match "
+                              "(fewer in view: neither support nor refutation)", (1, 100000)),
     "confirm_frames": (2, "consecutive queries that must agree before a pose from one candidate without "
                        "neighbour support is published (1: at once; higher: surer, later)", (1, 10)),
     "confirm_window_s": (1.0, "queries further apart than this (s) do not confirm each other", (0.0, 60.0)),
@@ -71,6 +71,7 @@ class CandidatePose:
     inliers: int
     T_corrected: np.ndarray  # [4 x 4] the same pose after the candidate keyframe's loop correction
     inlier_rows: np.ndarray | None = None  # [I] query keypoint rows of the PnP inliers
+    inlier_xyz: np.ndarray | None = None  # [I x 3] their map points (SLAM map frame)
 
 
 class LoopCorrections:
@@ -166,8 +167,10 @@ def settled(poses: list[CandidatePose], conf: dict) -> bool:
     return len(clusters) == 1 and len(clusters[0]) >= 2
 
 
-# (most matches of one neighbour, neighbour map points in view, that neighbour's id) or None (no neighbour)
-NeighbourCheck = Callable[[CandidatePose], "tuple[int, int, int] | None"]
+# The engine's check of a pose against the candidate's neighbour keyframes: (most matches of one neighbour,
+# neighbour map points in view, that neighbour's id, the pose refined with the matches found (T_map_cam [4 x 4],
+# covariance [6 x 6] or None) or None), or None when the candidate has no neighbour.
+NeighbourCheck = Callable[[CandidatePose], "tuple[int, int, int, tuple | None] | None"]
 
 
 class Relocalizer:
@@ -196,23 +199,22 @@ class Relocalizer:
             return Relocalization(stamp, False, matched_keyframes=[], reason="too few inliers with every candidate")
         clusters = cluster(poses, c)
         best = clusters[0]
-        support = sum(p.inliers for p in best)
-        if len(clusters) > 1 and sum(p.inliers for p in clusters[1]) > 0.5 * support:
+        if len(clusters) > 1 and sum(p.inliers for p in clusters[1]) > 0.5 * sum(p.inliers for p in best):
             return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in poses],
                                   reason="inconsistent: candidates disagree on the pose")
+        check = neighbour_check(best[0]) if (neighbour_check is not None and c["neighbour_check"]) else None
         top = best[0]
-        check = neighbour_check(top) if (neighbour_check is not None and c["neighbour_check"]) else None
-        matches, in_view, nb = check if check is not None else (0, 0, None)
+        matches, in_view, nb, refined = check if check is not None else (0, 0, None, None)
         if matches < self.min_matches and in_view >= c["neighbour_min_in_view"]:
             return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in best], inliers=top.inliers,
                                   reason=f"refuted by the candidate's neighbours: {matches} projected matches of "
-                                         f"{in_view} map points in view around the matched region "
-                                         f"({top.inliers} inliers, {len(best)} agreeing candidates)")
+                                         f"{in_view} map points in view ({top.inliers} inliers, {len(best)} "
+                                         f"agreeing candidate{'s' if len(best) > 1 else ''})")
         if len(best) >= 2:
-            return self._accept(stamp, best, f"{len(best)} agreeing candidates")
+            return self._accept(stamp, best, f"{len(best)} agreeing candidates", refined)
         if matches >= self.min_matches:
-            return self._accept(stamp, best, f"neighbour keyframe {nb} explains it ({matches} projected matches "
-                                             f"around the matched region)")
+            return self._accept(stamp, best, f"neighbour keyframe {nb} explains it ({matches} projected matches)",
+                                refined)
         if top.inliers >= c["strong_inliers"]:
             return self._accept(stamp, best, f"one candidate with {top.inliers} inliers")
         agreeing = self._agreeing(stamp, top.T_corrected)
@@ -225,12 +227,15 @@ class Relocalizer:
                               reason=f"unconfirmed: one candidate with {top.inliers} inliers, no neighbour or "
                                      f"previous query confirms it yet")
 
-    def _accept(self, stamp: float, best: list[CandidatePose], support: str) -> Relocalization:
-        """Publish the best cluster's top pose (remembered: it confirms the next queries)."""
+    def _accept(self, stamp: float, best: list[CandidatePose], support: str, refined: tuple | None = None
+                ) -> Relocalization:
+        """Publish the best cluster's top pose, or its refinement with the neighbours' matches (remembered: it
+        confirms the next queries)."""
         top = best[0]
-        self.recent.append((stamp, top.T_corrected))
-        return Relocalization(stamp, True, top.T_map_cam, top.covariance, top.inliers, [p.kf_id for p in best], "",
-                              support=support)
+        T, cov = refined if refined is not None else (top.T_map_cam, top.covariance)
+        self.recent.append((stamp, top.T_corrected @ invert_T(top.T_map_cam) @ T))
+        return Relocalization(stamp, True, T, cov, top.inliers, [p.kf_id for p in best], "",
+                              support=support + (", refined with them" if refined is not None else ""))
 
     def _agreeing(self, stamp: float, T: np.ndarray) -> int:
         """Recent queries (within confirm_window_s, older than `stamp`) whose pose agrees with T [4 x 4] given the

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ..geometry import estimate_essential, estimate_pnp, invert_T
@@ -118,7 +117,7 @@ def inlier_spread(xy: np.ndarray, image_size: tuple[int, int], grid: int = 4) ->
 
 def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_query_rows: np.ndarray,
                        radius_px: float, min_similarity: float, max_hamming: int,
-                       outside: np.ndarray | None = None) -> tuple[int, int]:
+                       pairs_out: list | None = None) -> tuple[int, int]:
     """Matches between the query and a keyframe found by projecting that keyframe's map points with a pose.
 
     Each map point of `nb` (SLAM rows with a finite point and a descriptor) is projected into the query camera
@@ -127,12 +126,8 @@ def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_
     most once and never one of `skip_query_rows` (e.g. the inliers the pose was estimated from). ORB-SLAM3's
     SearchByProjection, with our descriptors.
 
-    outside: query pixels [P x 2] (e.g. the inliers the pose was estimated from): only projections and query
-    keypoints more than `radius_px` outside their convex hull count, so the evidence comes from around the
-    matched region (an aliased poster matches its copy, not the wall around it).
-
     Returns (matches, map points of `nb` projected inside the query image): many points in view and few
-    matches refute the pose.
+    matches refute the pose. pairs_out: a list that receives (query keypoint row, map point [3]) per match.
     """
     from scipy.spatial import cKDTree
 
@@ -147,28 +142,18 @@ def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_
     pc = xyz @ T_query_map[:3, :3].T + T_query_map[:3, 3]
     front = pc[:, 2] > 1e-6
     uv = pc[front, :2] / pc[front, 2:3] * np.diag(q.K)[:2] + q.K[:2, 2]
-    sel = sel[front]
+    sel, xyz = sel[front], xyz[front]
     w, h = q.image_size
     inside = (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] <= h - 1)
-    uv, sel = uv[inside], sel[inside]
+    uv, sel, xyz = uv[inside], sel[inside], xyz[inside]
     q_rows = np.flatnonzero(~np.isin(q.kept, skip_query_rows))  # indices into q.kept
-    if outside is not None and len(outside) >= 3:
-        hull = cv2.convexHull(np.asarray(outside, np.float32).reshape(-1, 1, 2))
-
-        def away(xy: np.ndarray) -> np.ndarray:
-            return np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) < -radius_px for x, y in xy],
-                            bool).reshape(-1)
-
-        keep = away(uv)
-        uv, sel = uv[keep], sel[keep]
-        q_rows = q_rows[away(q.keypoints.xy[q.kept[q_rows]])]
     if len(uv) == 0 or len(q_rows) == 0:
         return 0, len(uv)
     tree = cKDTree(q.keypoints.xy[q.kept[q_rows]])
     learned = q.descriptors is not None and nb.descriptors is not None
     used: set[int] = set()
     count = 0
-    for p, s in zip(uv, sel):
+    for p, s, point in zip(uv, sel, xyz):
         near = tree.query_ball_point(p, radius_px)
         if not near:
             continue
@@ -188,5 +173,7 @@ def projection_matches(q: Keyframe, T_map_query: np.ndarray, nb: Keyframe, skip_
             if g not in used:
                 used.add(g)
                 count += 1
+                if pairs_out is not None:
+                    pairs_out.append((int(q.kept[g]), point))
                 break
     return count, len(uv)

@@ -1,0 +1,135 @@
+"""`agnostic-reloc demo` end to end: one world as two sessions (day: loops, map saved; night: kidnapped frames
+relocalized against the loaded map), learned and classic, report.md and segments.png.
+
+Real bags and map files on disk; the demo's own entry point (`run_demo`) on the demo's world and seed, with
+single-map ALIKED sampling (3x faster on CPU than the default octave sampling; ~3 min on 2 cores). Fewer frames
+were tried and do not keep the night apart: with 80 frames the laps' keyframes are 0.5 m apart and both modes
+relocalize the same 5 of 18 night queries (seed 4). Then the replay and make-bag CLIs on the demo's bags.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agnostic_reloc.cli import main
+from agnostic_reloc.io.bags import GROUND_TRUTH_FILE, BagReader
+from agnostic_reloc.io.contract import INPUT_TOPICS
+from agnostic_reloc.io.tum import load_tum
+from agnostic_reloc.map.store import KeyframeMap
+from agnostic_reloc.tools.demo import DEMO_MODES, DEMO_SEED, MAP_FILE, SESSIONS, session_numbers
+
+FAST = {"features": {"sampling": "full"}}
+
+pytestmark = pytest.mark.slow  # ~3 min on 2 CPU cores: `pytest -m "not slow"` skips it
+
+
+@pytest.fixture(scope="module")
+def demo(photos, tmp_path_factory):
+    from agnostic_reloc.tools.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    runs = run_demo(out, seed=DEMO_SEED, progress=False, device="cpu", engine_conf=FAST)
+    return out, runs
+
+
+def test_demo_writes_two_session_bags_maps_and_report(demo):
+    out, runs = demo
+    assert set(runs) == set(DEMO_MODES)
+    laps, night = out / "bags" / SESSIONS["day"][0], out / "bags" / SESSIONS["night"][0]
+    with BagReader(laps) as day_bag, BagReader(night) as night_bag:
+        assert day_bag.counts[INPUT_TOPICS["keyframe_pose"]] > 0
+        assert INPUT_TOPICS["keyframe_pose"] not in night_bag.topics  # session 2: queries only
+        n_night = night_bag.counts[INPUT_TOPICS["image"]]
+        assert n_night == 18
+        stamps = {name: [m.log_ns for m in bag.messages([INPUT_TOPICS["image"]])]
+                  for name, bag in (("day", day_bag), ("night", night_bag))}
+    assert max(stamps["day"]) < min(stamps["night"])  # stamps continue: one sequence, one SLAM map frame
+    gt = load_tum(out / "bags" / GROUND_TRUTH_FILE)
+    assert len(gt) == len(stamps["day"]) + len(stamps["night"])
+    for mode in DEMO_MODES:
+        assert (out / mode / MAP_FILE).stat().st_size > 0
+        for session in SESSIONS:
+            res = json.loads((out / mode / session / "results.json").read_text())
+            assert res == runs[mode][session]
+    report = (out / "report.md").read_text()
+    for row in ("day: loops accepted / false", "night: relocalization success @0.5 m / 5 deg", "night: wrong poses",
+                "night: relocalized per level"):
+        assert row in report
+    for part in ("learned/day/results.json", "classic/night/results.json", "segments.png"):
+        assert part in report
+    assert (out / "segments.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_night_session_relocalizes_against_the_day_sessions_map(demo):
+    """Session 2 loaded session 1's saved map and its relocalizations name session-1 keyframes."""
+    out, runs = demo
+    for mode in DEMO_MODES:
+        day, night = runs[mode]["day"], runs[mode]["night"]
+        kf_map = KeyframeMap.load(out / mode / MAP_FILE)
+        map_stamps = {kf.stamp for kf in kf_map}
+        assert len(kf_map) == day["counts"]["keyframes"] == day["map"]["saved_keyframes"]
+        assert night["map"]["loaded_keyframes"] == len(kf_map) and night["counts"]["keyframes"] == 0
+        assert night["metrics"]["gt_coverage"]["map_keyframes"] == f"{len(kf_map)}/{len(kf_map)}"
+        assert night["relocalizations"], f"{mode}: no night query relocalized"
+        first_query = min(r["stamp"] for r in night["relocalizations"] + night["failed_relocalizations"])
+        for r in night["relocalizations"]:
+            assert r["matched_keyframe_stamps"] and set(r["matched_keyframe_stamps"]) <= map_stamps
+            assert max(r["matched_keyframe_stamps"]) < first_query
+
+
+def test_day_loops_and_night_relocalization_right_in_both_modes(demo):
+    """Both modes close true loops by day and relocalize most night queries against the day's map, never with a
+    wrong pose. (Which mode leads at night depends on the engine: 11 vs 6 of 18 for learned vs classic with the
+    engine of 2026-12-02 morning; with the neighbour check and confirmation of relocalization both reach ~17 of
+    18: README, demo. The test asserts what must always hold.)"""
+    _, runs = demo
+    num = {mode: session_numbers(r["day"], r["night"]) for mode, r in runs.items()}
+    for mode, n in num.items():
+        assert n["loops"] > 0 and n["false_loops"] == 0, (mode, n)
+        assert n["loop_recall_at_100p"] >= 0.8, (mode, n)
+        assert n["queries"] == 18 and [q for _, q in n["per_level"]] == [6, 6, 6]  # each night level twice
+        assert n["wrong_poses"] == 0, (mode, n)
+        assert n["reloc_success"] >= 0.5, (mode, n)
+
+
+def test_replay_cli_map_in_and_out(demo, tmp_path, capsys):
+    """The night bag needs a map; --map-in loads one, --map-out saves it again (same keyframes)."""
+    out, runs = demo
+    night = str(out / "bags" / SESSIONS["night"][0])
+    assert main(["replay", night, "--out", str(tmp_path / "no_map"), "--matcher", "nn", "--device", "cpu"]) == 2
+    assert INPUT_TOPICS["keyframe_keypoints"] in capsys.readouterr().err
+    assert main(["replay", night, "--out", str(tmp_path / "x"), "--map-in", str(tmp_path / "none.agrl")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["replay", night, "--out", str(tmp_path / "x"), "--map-in", str(out / "classic" / MAP_FILE),
+                 "--map-out", str(tmp_path / "no_folder" / "m.agrl")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+    saved = tmp_path / "again.agrl"
+    assert main(["replay", night, "--out", str(tmp_path / "night"), "--matcher", "nn", "--device", "cpu",
+                 "--config", str(_fast_config(tmp_path)), "--gt", str(out / "bags" / GROUND_TRUTH_FILE),
+                 "--map-in", str(out / "classic" / MAP_FILE), "--map-out", str(saved)]) == 0
+    res = json.loads((tmp_path / "night" / "results.json").read_text())
+    assert res["relocalizations"] == runs["classic"]["night"]["relocalizations"]  # same map, same queries
+    assert len(KeyframeMap.load(saved)) == res["map"]["saved_keyframes"] == res["map"]["loaded_keyframes"]
+    assert "saved the map" in capsys.readouterr().out
+
+
+def test_make_bag_split_needs_kidnapped_frames(tmp_path, photos, capsys):
+    assert main(["make-bag", str(tmp_path / "b"), "--profile", "loop", "--frames", "8", "--small", "--split"]) == 2
+    assert "no kidnapped frames" in capsys.readouterr().err
+    assert main(["make-bag", str(tmp_path / "c"), "--profile", "kidnap", "--frames", "40", "--small", "--no-depth",
+                 "--split", "--night"]) == 0
+    with BagReader(tmp_path / "c" / "kidnapped") as r:
+        assert r.counts[INPUT_TOPICS["image"]] == r.counts[INPUT_TOPICS["tracking_state"]] > 0
+        assert {m.msg.data for m in r.messages([INPUT_TOPICS["tracking_state"]])} == {"LOST"}
+    assert (tmp_path / "c" / GROUND_TRUTH_FILE).is_file()
+
+
+def _fast_config(tmp: Path) -> Path:
+    """The node's parameter file with the test's faster sampling (what the demo fixture ran with)."""
+    path = tmp / "reloc.yaml"
+    path.write_text("reloc_node:\n  ros__parameters:\n    engine:\n      features:\n        sampling: full\n")
+    return path
