@@ -498,13 +498,17 @@ class Engine:
                                                           cand.map_points[inl[:, 1]]))
             if relocalize.settled(poses, rc):
                 break  # two agreeing candidates and no disagreeing one: early acceptance
+        # the relocalizer is the query thread's own state: no lock
+        return self.relocalizer.decide(stamp, poses, self._neighbour_check(q), remember=final)
 
-        def neighbours(p: relocalize.CandidatePose):
+    def _neighbour_check(self, q: Keyframe) -> relocalize.NeighbourCheck:
+        """The relocalizer's check of a candidate pose of query `q`: neighbour support and the refined pose."""
+        def check(p: relocalize.CandidatePose):
             found: list = []
-            check = self._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows, pairs_out=found)
-            return None if check is None else (*check, self._refined(q, p, found))
+            support = self._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows, pairs_out=found)
+            return None if support is None else (*support, self._refined(q, p, found))
 
-        return self.relocalizer.decide(stamp, poses, neighbours, remember=final)  # query thread's own state
+        return check
 
     def _refined(self, q: Keyframe, p: relocalize.CandidatePose, found: list) -> tuple | None:
         """The pose of `p` re-estimated by PnP from its inliers plus the neighbours' projected matches `found`

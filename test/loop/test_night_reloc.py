@@ -117,15 +117,15 @@ def test_single_candidate_refuted_by_its_neighbours(night):
             break
     assert found, "no night query verified against any candidate"
     q, cand, (T, cov, inl, _) = found
-
-    def check(p):
-        return engine._neighbour_support(q, p.kf_id, p.T_map_cam, p.inlier_rows)
-
-    right = decider.decide(1.0, [relocalize.CandidatePose(cand.id, T, cov, len(inl), T, inl[:, 0])], check)
+    check = engine._neighbour_check(q)
+    xyz = cand.map_points[inl[:, 1]]
+    right = decider.decide(1.0, [relocalize.CandidatePose(cand.id, T, cov, len(inl), T, inl[:, 0], xyz)], check)
     assert right.success and "neighbour keyframe" in right.support, right.reason
+    assert np.linalg.norm(right.T_map_cam[:3, 3] - T[:3, 3]) < 0.2  # refined with the neighbours' matches
     wrong_T = T.copy()
     wrong_T[:3, 3] += wrong_T[:3, :3] @ np.array([0.5, 0.0, 0.0])  # half a metre sideways in the camera frame
-    wrong = decider.decide(5.0, [relocalize.CandidatePose(cand.id, wrong_T, cov, 300, wrong_T, inl[:, 0])], check)
+    wrong = decider.decide(5.0, [relocalize.CandidatePose(cand.id, wrong_T, cov, 300, wrong_T, inl[:, 0], xyz)],
+                           check)
     assert not wrong.success and wrong.reason.startswith("refuted by the candidate's neighbours"), wrong.reason
 
 
