@@ -177,7 +177,8 @@ class Relocalizer:
     """The relocalization decision of each query, with memory of the poses of recent queries (confirmation).
 
     One caller at a time (the engine's query thread). `neighbour_check` is the engine's projection of the
-    candidate's neighbours (`Engine._neighbour_support`); `min_matches` the matches one neighbour must give.
+    candidate's neighbours with the pose refined from their matches (`Engine._neighbour_check`); `min_matches`
+    the matches one neighbour must give.
     """
 
     def __init__(self, conf: dict, min_matches: int) -> None:
@@ -234,8 +235,9 @@ class Relocalizer:
         top = best[0]
         T, cov = refined if refined is not None else (top.T_map_cam, top.covariance)
         self.recent.append((stamp, top.T_corrected @ invert_T(top.T_map_cam) @ T))
-        return Relocalization(stamp, True, T, cov, top.inliers, [p.kf_id for p in best], "",
-                              support=support + (", refined with them" if refined is not None else ""))
+        if refined is not None:
+            support += ", refined with the neighbours' matches"
+        return Relocalization(stamp, True, T, cov, top.inliers, [p.kf_id for p in best], "", support=support)
 
     def _agreeing(self, stamp: float, T: np.ndarray) -> int:
         """Recent queries (within confirm_window_s, older than `stamp`) whose pose agrees with T [4 x 4] given the
