@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .tum import tum_row
 from .camera import CameraModel
 from .contract import (
     DEPTH_SCALE,
@@ -393,7 +394,7 @@ def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, p
         info["messages"] += n
     gt = out / GROUND_TRUTH_FILE
     gt.write_text("# stamp tx ty tz qx qy qz qw (T_world_cam of every frame, both bags)\n"
-                  + "".join(_tum_row(f.stamp, f.T_world_cam) for f in seq.frames))
+                  + "".join(tum_row(f.stamp, f.T_world_cam) + "\n" for f in seq.frames))
     info["ground_truth"] = str(gt)
     return info
 
@@ -403,7 +404,3 @@ def _counts(frames) -> dict:
             "queries": sum(f.tracking_state != "OK" for f in frames)}
 
 
-def _tum_row(stamp: float, T: np.ndarray) -> str:
-    """One TUM row `stamp tx ty tz qx qy qz qw` (read back by io.tum.load_tum)."""
-    p, q = T_to_pose(T)
-    return " ".join(repr(float(v)) for v in (stamp, *p, *q)) + "\n"

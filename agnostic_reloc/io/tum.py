@@ -9,6 +9,14 @@ from typing import Iterable
 import numpy as np
 
 
+def tum_row(stamp: float, T: np.ndarray) -> str:
+    """One TUM row `stamp tx ty tz qx qy qz qw` of a pose T [4 x 4] (no newline; read back by `load_tum`)."""
+    from scipy.spatial.transform import Rotation
+
+    q = Rotation.from_matrix(np.asarray(T)[:3, :3]).as_quat()  # x, y, z, w
+    return " ".join(repr(float(v)) for v in [stamp, *np.asarray(T)[:3, 3], *q])
+
+
 def load_tum(path: str | os.PathLike) -> dict[float, np.ndarray]:
     """TUM trajectory (`stamp tx ty tz qx qy qz qw` rows, # comments) -> stamp (s) -> 4x4 T_world_cam."""
     from .contract import pose_to_T

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from agnostic_reloc.conf import merge_conf
 from agnostic_reloc.features.detectors import detect
 from agnostic_reloc.features.keypoints import Keypoints
 from agnostic_reloc.geometry import rotation_angle_deg
 from agnostic_reloc.io.image import load_image
+from agnostic_reloc.io.tum import tum_row
 from agnostic_reloc.world import scene as scene_mod
 from agnostic_reloc.world import slam as slam_mod
 from agnostic_reloc.world import trajectory as traj_mod
@@ -217,11 +217,6 @@ def make_sequence(seed: int = 0, profile: str = "loop", n_frames: int | None = N
     return Sequence(frames, K, (W, H), int(seed), profile, c, scene)
 
 
-def _tum_row(stamp: float, T: np.ndarray) -> str:
-    q = Rotation.from_matrix(T[:3, :3]).as_quat()  # x, y, z, w
-    return " ".join(repr(float(v)) for v in [stamp, *T[:3, 3], *q])
-
-
 def save_sequence(seq: Sequence, folder: str | os.PathLike) -> Path:
     """Write `seq` to `folder` (created; existing files overwritten). Returns the folder path."""
     folder = Path(folder)
@@ -249,10 +244,10 @@ def save_sequence(seq: Sequence, folder: str | os.PathLike) -> Path:
     (folder / "sequence.json").write_text(json.dumps(meta, indent=1))
     (folder / "groundtruth.txt").write_text(
         "# timestamp tx ty tz qx qy qz qw (T_world_cam)\n"
-        + "".join(_tum_row(f.stamp, f.T_world_cam) + "\n" for f in seq.frames))
+        + "".join(tum_row(f.stamp, f.T_world_cam) + "\n" for f in seq.frames))
     (folder / "slam.txt").write_text(
         "# timestamp tx ty tz qx qy qz qw (T_map_cam, tracked frames)\n"
-        + "".join(_tum_row(f.stamp, f.T_map_cam) + "\n" for f in seq.frames if f.T_map_cam is not None))
+        + "".join(tum_row(f.stamp, f.T_map_cam) + "\n" for f in seq.frames if f.T_map_cam is not None))
     kp = [f.keypoints for f in seq.frames]
     offsets = np.cumsum([0] + [len(k) for k in kp]).astype(np.int64)
     kfi = [f.index for f in seq.frames if f.map_points is not None]
