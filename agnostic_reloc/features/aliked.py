@@ -17,12 +17,14 @@ import torch
 from kornia.feature import ALIKED
 
 from ..conf import merge_conf
-from ..inference import DenseMapRunner
+from ..inference import BackboneRunner, DenseMapRunner
 from ..io.image import check_image, to_tensor
 from ..weights import WeightsError, official_path
+from .aliked_sparse import SparseSddh, pad_to_multiple
 from .keypoints import Keypoints
 
 SAMPLING_MODES = ("full", "octave")
+EVALUATIONS = ("sparse", "dense")
 MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
 
 
@@ -46,7 +48,9 @@ class AlikedExtractor:
         "sampling": "octave",  # full: one map at full resolution; octave: map per pyramid level
         "octave_levels": (0, 1, 2, 3, 4, 5, 6, 7),  # levels with their own map; others use the nearest
         "detection_radius": 2,  # NMS radius of ALIKED's own detector
-        "backend": "auto",  # dense-map runtime: auto | torch | openvino | onnxruntime (see inference.backends)
+        "backend": "auto",  # backbone / dense-map runtime: auto | torch | openvino | onnxruntime (inference.backends)
+        "evaluation": "sparse",  # sparse: backbone + SDDH reading only the pixels it samples (features.aliked_sparse:
+        # the same descriptors to ~1e-5, ~4x less CPU); dense: kornia's full-resolution map, as ALIKED ships it
     }
 
     def __init__(self, **conf) -> None:
@@ -55,6 +59,8 @@ class AlikedExtractor:
             raise ValueError(f"unknown ALIKED model '{self.conf['model_name']}'; choose from {MODELS}")
         if self.conf["sampling"] not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling '{self.conf['sampling']}'; choose from {SAMPLING_MODES}")
+        if self.conf["evaluation"] not in EVALUATIONS:
+            raise ValueError(f"unknown evaluation '{self.conf['evaluation']}'; choose from {EVALUATIONS}")
         self.device = resolve_device(self.conf["device"])
         self.dtype = torch.float16 if (self.conf["half"] and self.device.type == "cuda") else torch.float32
         model = ALIKED(model_name=self.conf["model_name"], max_num_keypoints=1000,
@@ -67,9 +73,12 @@ class AlikedExtractor:
                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
         self.model = model.eval().to(self.device, self.dtype).requires_grad_(False)
         self.descriptor_dim = int(self.model.desc_head.sf_conv.out_channels)
-        # the dense map (the expensive part) on the CPU runtime; the SDDH sampling head stays in torch
+        # the image-sized networks on the CPU runtime; the SDDH sampling head stays in torch. The dense map
+        # (score head included) serves ALIKED's own detection and `evaluation: dense`; the backbone the rest.
         self.dense = DenseMapRunner(self.model, backend=self.conf["backend"])
-        self.backend = self.dense.backend
+        self.backbone = BackboneRunner(self.model, backend=self.conf["backend"])
+        self.sparse = SparseSddh(self.model)
+        self.backend = self.backbone.backend
         self.lock = threading.Lock()  # the model is shared; kornia's DKD state is mutated per call
 
     # ------------------------------------------------------------------ dense maps
@@ -78,18 +87,40 @@ class AlikedExtractor:
         """[B x 3 x H x W] float in [0, 1] -> (features [B x D x H x W], scores [B x 1 x H x W])."""
         return self.dense(images.to(self.device, self.dtype))
 
+    @staticmethod
+    def _normalized(xy: list[torch.Tensor], size: tuple[int, int], device: torch.device) -> list[torch.Tensor]:
+        """Pixel positions [N_i x 2] of an (h, w) map -> SDDH's [-1, 1] coordinates (clamped inside the map)."""
+        h, w = size
+        scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=device)
+        return [(p.to(device, torch.float32) * scale - 1.0).clamp(-1, 1) for p in xy]
+
     @torch.inference_mode()
     def sample(self, feature_map: torch.Tensor, xy: list[torch.Tensor]) -> list[torch.Tensor]:
         """SDDH descriptors at pixel positions of the map: list of [N_i x 2] -> list of [N_i x D]."""
-        _, _, h, w = feature_map.shape
-        scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=feature_map.device)
-        norm = [(p.to(feature_map.device, torch.float32) * scale - 1.0).clamp(-1, 1) for p in xy]
+        norm = self._normalized(xy, feature_map.shape[-2:], feature_map.device)
         nonempty = [i for i, p in enumerate(norm) if len(p)]
         out = [torch.zeros(0, self.descriptor_dim, device=feature_map.device) for _ in xy]
         if nonempty:
             descs, _ = self.model.desc_head(feature_map[nonempty], [norm[i] for i in nonempty])
             for i, d in zip(nonempty, descs):
                 out[i] = d.float()
+        return out
+
+    @torch.inference_mode()
+    def sample_sparse(self, images: torch.Tensor, xy: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The descriptors `sample(dense_maps(images)[0], xy)` gives, from the backbone and the pixels SDDH reads.
+
+        images: [B x 3 x H x W] float in [0, 1]; xy: B tensors [N_i x 2] of pixel positions -> B x [N_i x D].
+        """
+        size = tuple(images.shape[-2:])
+        padded, pad = pad_to_multiple(images.to(self.device, self.dtype))
+        maps = tuple(t.to(self.device, self.dtype) for t in self.backbone(padded))
+        out = []
+        for i, p in enumerate(self._normalized(xy, size, self.device)):
+            if len(p) == 0:
+                out.append(torch.zeros(0, self.descriptor_dim, device=self.device))
+                continue
+            out.append(self.sparse(tuple(t[i:i + 1] for t in maps), pad, size, p).float())
         return out
 
     # ------------------------------------------------------------------ public API
@@ -152,9 +183,12 @@ class AlikedExtractor:
                 ratio = np.array([(lw - 1) / (w - 1), (lh - 1) / (h - 1)], np.float32)
             else:
                 batch, ratio = [images[i] for i in idx], np.ones(2, np.float32)
-            fmap, _ = self.dense_maps(to_tensor(batch, self.device))
             xy = [torch.from_numpy(keypoints[i].xy * ratio) for i in idx]
-            for i, d in zip(idx, self.sample(fmap, xy)):
+            if self.conf["evaluation"] == "sparse":
+                descs = self.sample_sparse(to_tensor(batch, self.device), xy)
+            else:
+                descs = self.sample(self.dense_maps(to_tensor(batch, self.device))[0], xy)
+            for i, d in zip(idx, descs):
                 results[i] = d
         return results  # type: ignore[return-value]
 

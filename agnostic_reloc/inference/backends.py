@@ -38,7 +38,7 @@ RUNTIME_PACKAGES = {  # backend -> modules it needs (export goes through ONNX, h
     "openvino": ("openvino", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
 }
-GRAPH_FORMAT = 1  # bump when the export code changes what a cached graph contains
+GRAPH_FORMAT = 2  # bump when the export code changes what a cached graph contains
 OPSET = 17  # ONNX opset of the exported graphs
 
 default_runtime_conf = {
@@ -66,12 +66,13 @@ def missing_packages(backend: str) -> list[str]:
     return missing
 
 
-def resolve_backend(name: str = "auto", device: str | torch.device = "cpu") -> str:
+def resolve_backend(name: str = "auto", device: str | torch.device = "cpu", order: Sequence[str] = AUTO_ORDER) -> str:
     """The backend that will run: `name` if usable on `device`, else torch with one warning.
 
     Args:
         name: auto | torch | openvino | onnxruntime.
         device: where the torch model lives; the runtimes are used on CPU only.
+        order: what `auto` tries on CPU, first usable wins (a network measured fastest in torch lists torch).
     Returns:
         One of BACKENDS.
     """
@@ -85,9 +86,9 @@ def resolve_backend(name: str = "auto", device: str | torch.device = "cpu") -> s
         return "torch"
     if name == "torch":
         return "torch"
-    candidates = AUTO_ORDER if name == "auto" else (name,)
+    candidates = tuple(order) if name == "auto" else (name,)
     for backend in candidates:
-        if not missing_packages(backend):
+        if backend == "torch" or not missing_packages(backend):
             return backend
     hint = " ".join(RUNTIME_PACKAGES[candidates[0]])
     what = "no CPU inference runtime is installed" if name == "auto" else \
@@ -293,13 +294,14 @@ def load_graphs(name: str, module: torch.nn.Module, stems: Sequence[str], export
 
 
 def compile_module(name: str, module: torch.nn.Module, stems: Sequence[str], export: Callable[[Path], None],
-                   conf: dict) -> tuple[str, list[CompiledGraph] | None]:
+                   conf: dict, auto_order: Sequence[str] = AUTO_ORDER) -> tuple[str, list[CompiledGraph] | None]:
     """(backend that will run, its graphs or None for torch) for a module on its own device and dtype.
 
     The runtimes run the fp32 module on CPU; an export or compile failure falls back to torch (one warning).
+    `auto_order`: what backend 'auto' tries on CPU for this module (see resolve_backend).
     """
     param = next(module.parameters())
-    backend = resolve_backend(conf["backend"], param.device)
+    backend = resolve_backend(conf["backend"], param.device, auto_order)
     if backend == "torch":
         return backend, None
     if param.dtype != torch.float32:

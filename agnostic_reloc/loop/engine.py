@@ -47,13 +47,17 @@ MATCHERS = ("lightglue", "nn")
 # generated from it (io.params).
 OPTIONS: dict = {
     "device": ("auto", "cpu | cuda | auto (CUDA when available)", None),
-    "backend": ("auto", "runtime of the networks on CPU: auto (openvino, else onnxruntime, else torch) | torch | "
-                "openvino | onnxruntime; same matches as torch fp32, ~2-10x faster on CPU (README: latency)", None),
+    "backend": ("auto", "runtime of the networks on CPU: auto (per network the fastest measured: torch for ALIKED's "
+                "backbone; openvino, else onnxruntime, else torch for LightGlue and ALIKED's dense map) | torch | "
+                "openvino | onnxruntime; same matches as torch fp32 (README: latency)", None),
     "features": {  # the SLAM keypoints' descriptors (see matching.pipeline.default_conf)
         "sampling": ("octave", "ALIKED sampling of multi-scale keypoints: full | octave (one map per pyramid "
                      "level)", None),
         "octave_levels": ((0, 1, 2, 3, 4, 5, 6, 7), "pyramid levels that get their own ALIKED map (fewer: faster, "
                           "less accurate)", None),
+        "evaluation": ("sparse", "sparse: ALIKED's backbone, then its descriptor head reads the map only where it "
+                       "samples (same descriptors to 1e-5, ~4x less CPU) | dense: the full-resolution map, as "
+                       "ALIKED ships it", None),
         "suppression": ("none", "nearby-keypoint remedy on the SLAM's keypoints: none | radius | octave", None),
         "ensemble_detector": (None, "add this detector's keypoints to every keyframe (e.g. aliked); empty = off",
                               None),
@@ -171,7 +175,8 @@ class Engine:
         self.pipe = PairPipeline(
             # the classic mode still computes ALIKED descriptors, for retrieval only: both modes share retrieval
             matcher="lightglue" if learned else "fused", suppression=f["suppression"], sampling=f["sampling"],
-            octave_levels=f["octave_levels"], weights=c["matcher"]["weights"], device=c["device"],
+            octave_levels=f["octave_levels"], evaluation=f["evaluation"], weights=c["matcher"]["weights"],
+            device=c["device"],
             backend=c["backend"], filter_threshold=c["matcher"]["filter_threshold"], detector=f["query_detector"],
             max_keypoints=f["query_max_keypoints"], load_matcher=False)
         self.matcher = (LightGlueKeyframes(lightglue_from(self.pipe.conf)) if learned
@@ -457,8 +462,9 @@ class Engine:
         """Pose T_map_cam of a frame (SLAM keypoints, or detected with features.query_detector when None).
 
         With `features.query_ensemble`, the query also gets ALIKED's own keypoints; with
-        `query_ensemble_when: fallback` they are matched only when the query's own keypoints found no pose
-        (too few inliers, or one candidate not confirmed), so queries that relocalize anyway cost no more.
+        `query_ensemble_when: fallback` they are detected, described and matched only when the query's own
+        keypoints found no pose (too few inliers, or one candidate not confirmed): queries that relocalize anyway
+        cost no more, the others are described a second time with them.
         """
         t0 = time.perf_counter()
         if keypoints is None:
@@ -468,18 +474,20 @@ class Engine:
         if len(self.map) == 0:
             return Relocalization(stamp, False, reason="no candidate: the map is empty")
         f = self.conf["features"]
-        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1, query_ensemble=f["query_ensemble"])
+        # fallback: the ensemble keypoints (ALIKED's dense map and detection) are computed only when needed
+        lazy = bool(f["query_ensemble"]) and f["query_ensemble_when"] == "fallback"
+        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
+                               query_ensemble=0 if lazy else f["query_ensemble"])
         with self.lock:
             cand_ids = self._candidates(q, None)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("reloc_retrieve", t0)
         if not cands:
             return Relocalization(stamp, False, reason="no candidate from retrieval")
-        views = [q.stored(), q] if q.n_query_rows and f["query_ensemble_when"] == "fallback" else [q]
-        for i, view in enumerate(views):
-            result = self._relocalize_view(stamp, view, cands, final=i == len(views) - 1)
-            if result.success or not result.reason.startswith(("too few inliers", "unconfirmed")):
-                break
+        result = self._relocalize_view(stamp, q, cands, final=not lazy)
+        if lazy and not result.success and result.reason.startswith(("too few inliers", "unconfirmed")):
+            q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1, query_ensemble=f["query_ensemble"])
+            result = self._relocalize_view(stamp, q, cands, final=True)
         self._tick("reloc_verify", t0)
         return result
 

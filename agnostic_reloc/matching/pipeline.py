@@ -32,6 +32,7 @@ default_conf = {
     "suppression_max_octave": 3,  # octave mode: keep octaves <= this
     "sampling": "octave",  # ALIKED descriptors: full-resolution map, or one map per ORB octave
     "octave_levels": (0, 1, 2, 3, 4, 5, 6, 7),  # pyramid levels with their own ALIKED map
+    "evaluation": "sparse",  # ALIKED at given keypoints: sparse (backbone + the pixels SDDH reads) | dense (full map)
     "aliked_model": "aliked-n16",
     "matcher": "fused",  # lightglue | nn (ORB Hamming, classic) | fused (LightGlue + Hamming), see README
     "weights": None,  # fine-tuned LightGlue checkpoint path (default: official ALIKED LightGlue)
@@ -99,7 +100,8 @@ class PairPipeline:
         self.matcher = None
         if c["matcher"] in ("lightglue", "fused"):
             self.aliked = get_aliked(c["aliked_model"], c["device"], sampling=c["sampling"],
-                                     octave_levels=tuple(c["octave_levels"]), backend=c["backend"])
+                                     octave_levels=tuple(c["octave_levels"]), backend=c["backend"],
+                                     evaluation=c["evaluation"])
         if c["matcher"] in ("lightglue", "fused") and c["load_matcher"]:
             self.matcher = lightglue_from(c)
 

@@ -80,10 +80,9 @@ class RelocNode(Node):
         self._edge_lock = threading.Lock()
         self._await_camera: deque = deque(maxlen=int(self.p["sync_queue_size"]))
 
-        if int(self.p["threads"]) > 0:  # before any network is built: the runtimes take torch's thread count
-            import torch
+        import torch  # threads before any network is built: the runtimes take torch's thread count
 
-            torch.set_num_threads(int(self.p["threads"]))
+        torch.set_num_threads(int(self.p["threads"]) or max(1, (os.cpu_count() or 2) // 2))
         conf = engine_conf({k: v for k, v in self.p.items() if k.startswith("engine.")})
         kf_map = self._load_map()
         self.engine = Engine(conf, kf_map)

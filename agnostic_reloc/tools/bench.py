@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..eval.homography_pairs import HomographyPair, make_pairs
 from ..eval.metrics import homography_corner_error, pose_auc
 from ..eval.photos import list_photos
+from ..features.aliked_sparse import pad_to_multiple
 from ..features.detectors import detect
 from ..features.suppression import suppress
 from ..geometry import estimate_homography
@@ -147,6 +148,8 @@ def measure_latency(image0: np.ndarray, image1: np.ndarray, device: str = "auto"
         fmap, _ = ex.dense_maps(t_img)
         xy = [torch.from_numpy(k0.xy)]
         row["sample"] = _timeit(lambda: ex.sample(fmap, xy), repeat, dev)
+        row["backbone"] = _timeit(lambda: ex.backbone(pad_to_multiple(t_img)[0]), repeat, dev)
+        row["sample_sparse"] = _timeit(lambda: ex.sample_sparse(t_img, xy), repeat, dev)  # backbone included
         row["describe_full"] = _timeit(lambda: ex.describe([image0], [k0], sampling="full"), repeat, dev)
         row["describe_octave"] = _timeit(lambda: ex.describe([image0], [k0], sampling="octave"), repeat, dev)
         row["suppress_radius"] = _timeit(lambda: suppress(k0, "radius", radius=3.0), repeat, dev)

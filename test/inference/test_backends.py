@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agnostic_reloc.features.detectors import detect
-from agnostic_reloc.inference import DenseMapRunner, LayerRunner, resolve_backend
+from agnostic_reloc.inference import BackboneRunner, DenseMapRunner, LayerRunner, resolve_backend
 from agnostic_reloc.inference.backends import (AUTO_ORDER, check_graph_folder, graph_folder, graph_key,
                                                missing_packages)
 from agnostic_reloc.matching.lightglue import LightGlueMatcher, build_network
@@ -105,6 +105,30 @@ def test_dense_maps_equal_torch_at_any_size(backend, torch_aliked, graf, cache):
         assert features.shape == ref_features.shape and scores.shape == ref_scores.shape
         assert (features - ref_features).abs().max() < 1e-4
         assert (scores - ref_scores).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_backbone_equals_torch_at_any_size(backend, torch_aliked, graf, cache):
+    """The backbone graph (deformable blocks through GridSample) on the runtime, asked for by name."""
+    model = torch_aliked.model
+    runner = BackboneRunner(model, backend=backend, cache_dir=cache)
+    assert runner.backend == backend
+    reference = BackboneRunner(model, backend="torch")
+    landscape = cv2.resize(graf[0], (320, 224), interpolation=cv2.INTER_AREA)
+    for image in (landscape, np.ascontiguousarray(landscape.transpose(1, 0, 2)), landscape[:96, :160]):
+        images = image_tensor(np.ascontiguousarray(image))
+        for ours, ref in zip(runner(images), reference(images)):
+            assert ours.shape == ref.shape
+            assert (ours - ref).abs().max() < 1e-4
+
+
+def test_auto_backend_is_per_network(torch_aliked, cache):
+    """'auto' runs ALIKED's backbone in torch (measured fastest on CPU) and the dense map on the first runtime."""
+    model = torch_aliked.model
+    assert BackboneRunner(model, cache_dir=cache).backend == "torch"
+    assert resolve_backend("auto", "cpu", order=("torch",)) == "torch"
+    if INSTALLED:
+        assert DenseMapRunner(model, cache_dir=cache).backend == INSTALLED[0]
 
 
 @pytest.mark.parametrize("backend", RUNTIMES)
