@@ -91,7 +91,8 @@ def unpaced(engine_conf: dict, events: list, seq, kf_rate: float = 5.0) -> dict:
             "realtime_factor": round(wall / (n_kf / kf_rate), 2), "loops": m["loops"]["n_loops"],
             "false_loops": m["loops"]["n_false"], "loop_recall": m["loops"]["recall"],
             "reloc_success": m["relocalization"].get("success_at", {}), "stage_ms": stages,
-            "backend": engine.pipe.aliked.backend}
+            "backend": {"aliked": engine.pipe.aliked.backend,
+                        "lightglue": getattr(getattr(engine.matcher, "matcher", None), "backend", None)}}
 
 
 def plot(runs: list[dict], path: Path) -> None:

@@ -7,6 +7,7 @@ own keypoint rows (SLAM rows first); `describe` stores the descriptors the match
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..types import Keyframe
 from .hamming import match_hamming
@@ -52,6 +53,18 @@ class LightGlueKeyframes:
             out.append(_rows(q, c, np.stack([m[:, 0], s[m[:, 1]]], -1)))
         return out
 
+    def mutual_matches(self, q: Keyframe, c: Keyframe, min_cosine: float) -> int:
+        """Mutual nearest neighbours with cosine >= min_cosine between the query's descriptors and the candidate's
+        rows that LightGlue would see: a cheap ([N x M] product, a few ms) lower bound on how matchable a pair is."""
+        a = torch.from_numpy(np.asarray(q.descriptors, np.float32))
+        b = torch.from_numpy(np.asarray(c.descriptors[self._with_map_points(c)], np.float32))
+        if len(a) == 0 or len(b) == 0:
+            return 0
+        sim = a @ b.T
+        best, nn_ab = sim.max(1)
+        mutual = sim.argmax(0)[nn_ab] == torch.arange(len(a))
+        return int((mutual & (best >= min_cosine)).sum())
+
     def _with_map_points(self, kf: Keyframe) -> np.ndarray:
         """Indices into kf.kept to match: those with a map point when there are enough of them, else all."""
         every = np.arange(len(kf.kept))
@@ -73,6 +86,9 @@ class HammingKeyframes:
 
     def describe(self, kf: Keyframe, feats: Features) -> None:
         kf.orb_desc, kf.orb_valid = feats.orb, feats.valid
+
+    def mutual_matches(self, q: Keyframe, c: Keyframe, min_cosine: float) -> int | None:
+        """None: no pre-check (Hamming matching is itself cheap)."""
 
     def match(self, q: Keyframe, cands: list[Keyframe]) -> list[np.ndarray]:
         pairs = [match_hamming(q.orb_desc, c.orb_desc, q.orb_valid, c.orb_valid, ratio=self.ratio)[0] for c in cands]
