@@ -48,16 +48,18 @@ def size_max(a, b):
     return torch.maximum(a, b) if isinstance(b, torch.Tensor) else a.clamp(min=b)
 
 
-def deform_conv(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def deform_conv(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
     """kornia's `DeformableConv2d` (DCNv1: one offset group, no mask, stride 1) as one grid_sample + one einsum.
 
     Same result as the module's forward (torchvision semantics: corners outside the map count zero, as
     grid_sample's zero padding), ~7x faster on CPU than its four gathers, and it exports to ONNX GridSample.
-    x: [B x C x H x W] -> [B x O x H x W].
+    x: [B x C x H x W] -> [B x O x H x W]. weight, bias: used instead of the module's (a folded batch norm).
     """
-    if module.mask or module.stride != 1:
-        return module(x)  # DCNv2 / strided: not in ALIKED's released models; kornia's own forward
     conv = module.regular_conv
+    weight, bias = (conv.weight, conv.bias) if weight is None else (weight, bias)
+    if module.mask or module.stride != 1:  # DCNv2 / strided: not in ALIKED's released models
+        raise ValueError("deform_conv implements DCNv1 with stride 1 (ALIKED's released models)")
     b, c, h, w = x.shape
     k = conv.kernel_size[0]
     kk = k * k
@@ -69,9 +71,18 @@ def deform_conv(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     xs = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, w) + kx + offset[:, :, 1]
     grid = torch.stack([xs * (2.0 / (w - 1)) - 1, ys * (2.0 / (h - 1)) - 1], -1).view(b, kk * h, w, 2)
     taps = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # [B x C x K*H x W]
-    out = torch.einsum("bckn,ock->bon", taps.view(b, c, kk, h * w), conv.weight.view(conv.out_channels, c, kk))
+    out = torch.einsum("bckn,ock->bon", taps.view(b, c, kk, h * w), weight.view(conv.out_channels, c, kk))
     out = out.view(b, conv.out_channels, h, w)
-    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def fold_batch_norm(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of `conv` followed by `bn` in eval mode as one convolution (computed in float32)."""
+    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
+    weight = conv.weight.float() * scale.view(-1, 1, 1, 1)
+    bias = (bias - bn.running_mean.float()) * scale + bn.bias.float()
+    return weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
 
 
 class AlikedBackbone(torch.nn.Module):
@@ -86,20 +97,33 @@ class AlikedBackbone(torch.nn.Module):
     def __init__(self, model: ALIKED) -> None:
         super().__init__()
         self.model = model
+        # eval-mode batch norms folded into the convolutions before them (ALIKED is frozen): one pass less per
+        # layer; keyed by the convolution module
+        self.folded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for block in (model.block1, model.block2, model.block3, model.block4):
+            for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
+                plain = conv.regular_conv if isinstance(conv, DeformableConv2d) else conv
+                self.folded[id(conv)] = fold_batch_norm(plain, bn)
+
+    def _conv_bn(self, conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """conv then its batch norm, as one (deformable) convolution with the folded weights."""
+        weight, bias = self.folded[id(conv)]
+        if isinstance(conv, DeformableConv2d):
+            return deform_conv(conv, x, weight, bias)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     def _block(self, block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """A ResBlock's forward with its deformable convolutions through `deform_conv`."""
-        def conv(c, t):
-            return deform_conv(c, t) if isinstance(c, DeformableConv2d) else c(t)
-
-        out = block.gate(block.bn1(conv(block.conv1, x)))
-        out = block.bn2(conv(block.conv2, out))
+        """A ConvBlock's or ResBlock's forward: folded batch norms, deformable convolutions by `deform_conv`."""
+        out = block.gate(self._conv_bn(block.conv1, x))
+        out = self._conv_bn(block.conv2, out)
+        if not hasattr(block, "downsample"):  # ConvBlock: no residual
+            return block.gate(out)
         identity = x if block.downsample is None else block.downsample(x)
         return block.gate(out + identity)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
-        x1 = m.block1(images)
+        x1 = self._block(m.block1, images)
         x2 = self._block(m.block2, m.pool2(x1))
         x3 = self._block(m.block3, m.pool4(x2))
         x4 = self._block(m.block4, m.pool4(x3))
@@ -135,7 +159,8 @@ class SparseSddh:
         size = tuple(x1.shape[-2:])
         y, x = ids // size[1], ids % size[1]
         w1 = m.conv1.weight[:, :, 0, 0]  # [D/4 x c1]
-        f1 = m.gate(x1.reshape(len(x1), -1).index_select(1, ids).T @ w1.T)
+        # rows of the channels-last [Hp*Wp x c1] view (a copy unless x1 is channels-last already, as torch gives it)
+        f1 = m.gate(x1.permute(1, 2, 0).reshape(-1, len(x1)).index_select(0, ids) @ w1.T)
         f = torch.cat([f1] + [_upsampled(t, y, x, size) for t in (x2, x3, x4)], dim=1)
         return F.normalize(f, p=2, dim=1)
 

@@ -68,6 +68,7 @@ class _AlikedGraphRunner:
     def __init__(self, model: ALIKED, **conf) -> None:
         self.conf = merge_conf(self.default_conf, conf, f"{type(self).__name__} options")
         self.model = model
+        self.net = self.module()  # the torch module (run in torch, exported for the runtimes)
         self.backend, graphs = compile_module(f"{model.model_name}-{self.suffix}", model, [self.suffix],
                                               self._export, self.conf, self.auto_order)
         self.graph = graphs[0] if graphs else None
@@ -79,7 +80,7 @@ class _AlikedGraphRunner:
         h, w = self.conf["export_size"]
         axes = {0: "batch", 2: "height", 3: "width"}
         with traceable_size_max():
-            export_onnx(self.module(), (torch.rand(1, 3, h, w),), folder / f"{self.suffix}.onnx", ["images"],
+            export_onnx(self.net, (torch.rand(1, 3, h, w),), folder / f"{self.suffix}.onnx", ["images"],
                         list(self.outputs), {name: axes for name in ("images", *self.outputs)})
 
     @torch.inference_mode()
@@ -87,7 +88,7 @@ class _AlikedGraphRunner:
         """The sub-network's outputs for [B x 3 x H x W] float RGB in [0, 1] on the model's device: on the
         model's device and dtype for torch, float32 CPU tensors for the runtimes."""
         if self.graph is None:
-            return self.module()(images)
+            return self.net(images)
         return tuple(torch.from_numpy(x) for x in self.graph(to_numpy(images)))
 
 
