@@ -18,7 +18,13 @@ from kornia.feature import ALIKED
 
 from ..conf import merge_conf
 from ..features.aliked_sparse import AlikedBackbone, size_max
-from .backends import AUTO_ORDER, compile_module, default_runtime_conf, export_onnx, to_numpy
+from .backends import (
+    AUTO_ORDER,
+    compile_module,
+    default_runtime_conf,
+    export_onnx,
+    to_numpy,
+)
 
 # kornia modules whose forward calls Python's max() on image sizes
 _SIZE_MAX_MODULES = ("kornia.feature.aliked.aliked", "kornia.feature.aliked.deform_conv2d")

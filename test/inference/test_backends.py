@@ -11,9 +11,19 @@ import pytest
 import torch
 
 from agnostic_reloc.features.detectors import detect
-from agnostic_reloc.inference import BackboneRunner, DenseMapRunner, LayerRunner, resolve_backend
-from agnostic_reloc.inference.backends import (AUTO_ORDER, check_graph_folder, graph_folder, graph_key,
-                                               missing_packages)
+from agnostic_reloc.inference import (
+    BackboneRunner,
+    DenseMapRunner,
+    LayerRunner,
+    resolve_backend,
+)
+from agnostic_reloc.inference.backends import (
+    AUTO_ORDER,
+    check_graph_folder,
+    graph_folder,
+    graph_key,
+    missing_packages,
+)
 from agnostic_reloc.matching.lightglue import LightGlueMatcher, build_network
 
 RUNTIMES = [pytest.param(b, marks=pytest.mark.skipif(bool(missing_packages(b)),
