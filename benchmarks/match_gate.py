@@ -15,23 +15,14 @@ pairs and, per gate m, the verified pairs it would lose and the LightGlue runs i
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-import numpy as np
-import torch
+from retrieval_gate import LEVEL_LIGHTING, is_revisit, study_args  # the sibling study
 
-from agnostic_reloc.geometry import rotation_angle_deg
 from agnostic_reloc.loop import verify
 from agnostic_reloc.loop.engine import Engine
 from agnostic_reloc.world import make_sequence
 
-LEVEL_LIGHTING = {  # lap-2 lighting of benchmarks/world_difficulty.py levels (0: day, 3: dusk, 5: night + blur)
-    0: {"gain": 0.6, "gamma": 1.2, "vignetting": 0.3, "noise_std": 3.0},
-    3: {"gain": 0.35, "gamma": 1.6, "vignetting": 0.4, "noise_std": 5.0, "blur_px": 3.0},
-    5: {"gain": 0.22, "gamma": 2.1, "vignetting": 0.45, "noise_std": 8.0, "blur_px": 9.0},
-}
 COSINES = (0.0, 0.5, 0.6, 0.7, 0.8)
 GATES = (3, 5, 8, 10, 15, 20, 30)
 
@@ -54,9 +45,7 @@ def study(level: int, seed: int, frames_per_lap: int) -> list[dict]:
             counts = {t: engine.matcher.mutual_matches(kf, cand, t) for t in COSINES}
             pairs = engine.matcher.match(kf, [cand])[0]
             d = verify.verify_pair(kf, cand, pairs, min_inliers, engine.conf["verify"])
-            true = (np.linalg.norm(f.T_world_cam[:3, 3] - g.T_world_cam[:3, 3]) <= 1.0
-                    and rotation_angle_deg(f.T_world_cam[:3, :3].T @ g.T_world_cam[:3, :3]) <= 30.0)
-            rows.append({"level": level, "query": kf.id, "cand": cid, "lap": f.lap, "true": bool(true),
+            rows.append({"level": level, "query": kf.id, "cand": cid, "lap": f.lap, "true": is_revisit(f, g),
                          "matches": len(pairs), "verified": d is not None,
                          "inliers": int(d.inliers) if d is not None else 0,
                          "mnn": {str(t): n for t, n in counts.items()}})
@@ -79,15 +68,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="match_gate_out")
-    ap.add_argument("--levels", type=int, nargs="+", default=[0, 5], choices=sorted(LEVEL_LIGHTING))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--frames-per-lap", type=int, default=60)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = study_args(__doc__.split("\n")[0], "match_gate_out")
     report = {"seed": args.seed, "frames_per_lap": args.frames_per_lap, "levels": {}, "rows": []}
     for level in args.levels:
         rows = study(level, args.seed, args.frames_per_lap)

@@ -22,16 +22,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from world_difficulty import LEVELS
 
 from agnostic_reloc.geometry import rotation_angle_deg
 from agnostic_reloc.loop.engine import Engine
 from agnostic_reloc.loop.retrieval import global_descriptor
 from agnostic_reloc.world import make_sequence
 
-LEVEL_LIGHTING = {  # lap-2 lighting of benchmarks/world_difficulty.py levels 0 and 5 (night + motion blur)
-    0: {"gain": 0.6, "gamma": 1.2, "vignetting": 0.3, "noise_std": 3.0},
-    5: {"gain": 0.22, "gamma": 2.1, "vignetting": 0.45, "noise_std": 8.0, "blur_px": 9.0},
-}
+# lap-2 lighting per difficulty level of the sibling script benchmarks/world_difficulty.py (scripts run from the
+# repository root as `python benchmarks/<script>.py`, so their folder is on sys.path)
+LEVEL_LIGHTING = {level: c["lap2_lighting"] for level, c in LEVELS.items()}
+
+
+def is_revisit(f, g) -> bool:
+    """Ground truth of the gate studies: frames f, g within 1 m and 30 deg of each other (world poses)."""
+    return bool(np.linalg.norm(f.T_world_cam[:3, 3] - g.T_world_cam[:3, 3]) <= 1.0
+                and rotation_angle_deg(f.T_world_cam[:3, :3].T @ g.T_world_cam[:3, :3]) <= 30.0)
+
+
+def study_args(description: str, default_out: str) -> tuple[argparse.Namespace, Path]:
+    """The gate studies' command line (--out, --levels, --seed, --frames-per-lap); 2 threads; the output folder."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--levels", type=int, nargs="+", default=[0, 5], choices=sorted(LEVEL_LIGHTING))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--frames-per-lap", type=int, default=60)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return args, out
 
 
 def cheap_global(engine: Engine, image: np.ndarray, kf) -> np.ndarray:
@@ -70,9 +90,7 @@ def study(level: int, seed: int, frames_per_lap: int) -> dict:
             ref = min(float(vec(kf.id) @ vec(i)) for i in recent)
             for i in cand:
                 g = frames[i]
-                true = (np.linalg.norm(f.T_world_cam[:3, 3] - g.T_world_cam[:3, 3]) <= 1.0
-                        and rotation_angle_deg(f.T_world_cam[:3, :3].T @ g.T_world_cam[:3, :3]) <= 30.0
-                        and g.lap < f.lap)
+                true = is_revisit(f, g) and g.lap < f.lap
                 rows.append({"descriptor": name, "query": kf.id, "cand": i, "lap": f.lap, "s": float(vec(kf.id) @ vec(i)),
                              "ref": ref, "true": bool(true)})
     out = {}
@@ -88,15 +106,7 @@ def study(level: int, seed: int, frames_per_lap: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="retrieval_gate_out")
-    ap.add_argument("--levels", type=int, nargs="+", default=[0, 5], choices=sorted(LEVEL_LIGHTING))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--frames-per-lap", type=int, default=60)
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = study_args(__doc__.split("\n")[0], "retrieval_gate_out")
     report = {"seed": args.seed, "frames_per_lap": args.frames_per_lap, "levels": {}}
     for level in args.levels:
         report["levels"][level] = res = study(level, args.seed, args.frames_per_lap)
