@@ -79,3 +79,20 @@ def test_batched_and_empty(extractors, graf):
 def test_unknown_evaluation_is_named():
     with pytest.raises(ValueError, match="unknown evaluation 'fast'"):
         AlikedExtractor(device="cpu", backend="torch", evaluation="fast")
+
+
+def test_variants_outside_the_released_models_are_refused():
+    """DCNv2 (masked) convolutions and a conv2d-aggregating or masked SDDH are not what SparseSddh / deform_conv
+    implement: they say so instead of computing something else."""
+    from types import SimpleNamespace
+
+    from kornia.feature.aliked.aliked import SDDH
+
+    from agnostic_reloc.features.aliked_sparse import SparseSddh
+
+    masked = DeformableConv2d(8, 8, mask=True)
+    with pytest.raises(ValueError, match="DCNv1 with stride 1"):
+        deform_conv(masked, torch.rand(1, 8, 16, 16))
+    for head in (SDDH(32, 3, 8, conv2d=True), SDDH(32, 3, 8, mask=True)):
+        with pytest.raises(ValueError, match="weighted aggregation and no mask"):
+            SparseSddh(SimpleNamespace(desc_head=head))
