@@ -261,9 +261,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor_main(config=args.config, ros=args.need_ros, map_dir=args.map_dir, json_path=args.json)
 
 
+# commands that run the engine: its two stages (loop.runner) get `--threads` intra-op threads each
+ENGINE_COMMANDS = {"evaluate-world", "replay", "demo"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agnostic-reloc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of each engine stage (keyframes; loop checks and queries run beside it) for "
+                             f"{', '.join(sorted(ENGINE_COMMANDS))}; 0 = half the cores (default)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_match(sub)
     _add_bench(sub)
@@ -286,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command in ENGINE_COMMANDS:
+        import torch
+
+        from .inference.backends import stage_threads
+
+        torch.set_num_threads(stage_threads(args.threads))
     from .weights import WeightsError
 
     if getattr(args, "ros", None) is not None:  # orbslam3-bridge --ros: the ROS 2 node (orbslam3/ is ROS-free)

@@ -5,8 +5,9 @@ as relocalization queries) is fed to an `EngineWorker` exactly as the ROS node f
 submitted at the paced rate (queries at their place in the stream) while the worker extracts, inserts and
 verifies in the background. Reported per rate: keyframe and loop-check lag (submit -> done, p50/p95/max), the
 largest keyframe backlog and how long the backlog takes to drain after the last keyframe; plus the non-paced
-real-time factor (all events as fast as possible, wall time / data duration at 5 keyframes/s) with the loops
-and relocalizations it finds. Prints tables, writes keep_up.json and keep_up.png (backlog and lag over time).
+real-time factor (all events as fast as possible through `runner.run`, as the replay tool drives the engine:
+wall time / data duration at 5 keyframes/s) with the loops and relocalizations it finds. Both drivers run the
+keyframe stage and the loop stage side by side, each with --threads intra-op threads. Prints tables, writes keep_up.json and keep_up.png (backlog and lag over time).
 
     .venv/bin/python benchmarks/keep_up.py --out benchmarks/results/keep_up [--rates 1 2 5] [--backend auto]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import threading
 import time
@@ -25,6 +27,7 @@ import torch
 
 from agnostic_reloc.eval.metrics import percentiles
 from agnostic_reloc.eval.runs import evaluate
+from agnostic_reloc.inference.backends import stage_threads
 from agnostic_reloc.loop.engine import Engine
 from agnostic_reloc.loop.runner import events_from_sequence, run
 from agnostic_reloc.loop.worker import EngineWorker
@@ -78,16 +81,16 @@ def paced(engine_conf: dict, events: list, rate: float, sample_s: float = 0.1) -
             "trace": [(round(t, 2), b, v) for t, b, v in trace]}
 
 
-def unpaced(engine_conf: dict, events: list, seq, kf_rate: float = 5.0) -> dict:
+def unpaced(engine_conf: dict, events: list, seq, kf_rate: float = 5.0, pipelined: bool = True) -> dict:
     """All events as fast as possible (replay style): wall time vs the data's duration at `kf_rate`."""
     engine = Engine(engine_conf)
     t = time.perf_counter()
-    result = run(engine, events, progress=True, total=len(events))
+    result = run(engine, events, progress=True, total=len(events), pipelined=pipelined)
     wall = time.perf_counter() - t
     n_kf = sum(isinstance(e, KeyframeEvent) for e in events)
     m = evaluate(result, {f.stamp: f.T_world_cam for f in seq.frames})
     stages = {k: percentiles(v) for k, v in engine.timing.items()}
-    return {"wall_s": round(wall, 1), "keyframes": n_kf, "data_s_at_rate": round(n_kf / kf_rate, 1),
+    return {"pipelined": pipelined, "wall_s": round(wall, 1), "keyframes": n_kf, "data_s_at_rate": round(n_kf / kf_rate, 1),
             "realtime_factor": round(wall / (n_kf / kf_rate), 2), "loops": m["loops"]["n_loops"],
             "false_loops": m["loops"]["n_false"], "loop_recall": m["loops"]["recall"],
             "reloc_success": m["relocalization"].get("success_at", {}), "stage_ms": stages,
@@ -122,10 +125,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=None, help="frames of the sequence (default: two full laps)")
     ap.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "onnxruntime"))
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the runtimes follow)")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads of each of the two stages (torch; the "
+                    "runtimes follow); 0 = half the cores, as the node and the CLI")
+    ap.add_argument("--serial", action="store_true", help="non-paced run without the loop stage's own thread")
     ap.add_argument("--skip-unpaced", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(stage_threads(args.threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seq = make_sequence(seed=args.seed, profile="loop", n_frames=args.frames,
@@ -133,11 +138,12 @@ def main() -> None:
     events = list(events_from_sequence(seq))
     conf = {"device": "cpu", "backend": args.backend}
     Engine(conf)  # export / load the runtime graphs once, outside the timed runs
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "threads_per_stage": torch.get_num_threads(),
                           "torch": torch.__version__}, "seed": args.seed, "frames": len(seq.frames),
               "engine_conf": conf}
     if not args.skip_unpaced:
-        report["unpaced"] = unpaced(conf, events, seq)
+        report["unpaced"] = unpaced(conf, events, seq, pipelined=not args.serial)
         u = report["unpaced"]
         print(f"\nnon-paced: {u['keyframes']} keyframes in {u['wall_s']} s = {u['realtime_factor']}x the data at "
               f"5 kf/s ({u['backend']}); loops {u['loops']} (false {u['false_loops']}), recall "

@@ -40,6 +40,7 @@ from .retrieval import RetrievalIndex, global_descriptor
 logger = logging.getLogger(__name__)
 
 MATCHERS = ("lightglue", "nn")
+HOODS_KEPT = 10000  # neighbourhoods of inserted keyframes kept for their loop check (a verification backlog)
 
 # The engine's options, the one table: name -> (default, what it does and what raising / lowering it does,
 # (min, max) or None), or section -> table. `default_conf` is its first column; the node declares each option
@@ -200,6 +201,9 @@ class Engine:
         self._pose_of: dict[int, np.ndarray] = {}  # SLAM T_map_cam of each keyframe (for the pose graph)
         self._order: list[int] = []  # keyframe ids in insertion order
         self._ordinal: dict[int, int] = {}  # keyframe id -> position in _order
+        # keyframe id -> its neighbourhood (`Neighbourhood.group`) as it was at insertion, until its loop check:
+        # a verifier that lags behind insertion must not count later keyframes as the query's predecessors
+        self._hood_of: dict[int, tuple[set[int], np.ndarray]] = {}
         self._last_kf: Keyframe | None = None
         self.timing: dict[str, list[float]] = {}
         self._next_id = 0
@@ -237,6 +241,7 @@ class Engine:
             self._pose_of.clear()
             self._order.clear()
             self._ordinal.clear()
+            self._hood_of.clear()
             self.neighbourhood.reset()
             self._last_kf = None
             self.acceptance.reset()
@@ -319,6 +324,9 @@ class Engine:
             self.map.add(kf)
             self.index.add(kf.id, kf.global_desc, stamp=kf.stamp)
             self._remember(kf)
+            self._hood_of[kf.id] = self.neighbourhood.group(kf)
+            if len(self._hood_of) > HOODS_KEPT:  # keyframes nobody verifies (an engine used for insertion only)
+                del self._hood_of[next(iter(self._hood_of))]
 
     def process_keyframe(self, stamp: float, image: np.ndarray, keypoints: Keypoints, T_map_cam: np.ndarray,
                          K: np.ndarray, map_points: np.ndarray | None = None,
@@ -391,7 +399,7 @@ class Engine:
         """
         t0 = time.perf_counter()
         with self.lock:
-            hood = self.neighbourhood.group(kf)
+            hood = self._hood_of.pop(kf.id, None) or self.neighbourhood.group(kf)
             cand_ids = self._candidates(kf, hood)
             cands = [self.map.get(i) for i in cand_ids]
         t0 = self._tick("retrieve", t0)
@@ -572,6 +580,11 @@ class Engine:
         """Keyframe id -> corrected T_map_cam [4 x 4] (SLAM pose after the pose graph), insertion order."""
         with self.lock:
             return {i: self._corrected(i) @ self._pose_of[i] for i in self._order}
+
+    def stamps(self) -> dict[int, float]:
+        """Keyframe id -> stamp (s) of every keyframe in the map."""
+        with self.lock:
+            return dict(self._stamp_of)
 
     def _corrected(self, kf_id: int) -> np.ndarray:
         """T_corrected_slam of a keyframe (call under the lock); a pose-graph solve it triggers is timed."""

@@ -1,10 +1,14 @@
 """Engine work off the caller's thread: keyframes are never dropped, relocalization queries are bounded.
 
-One worker thread takes jobs by priority: (1) extract + insert waiting keyframes (insertion always
-happens, in order), (2) answer the newest relocalization queries, (3) verify inserted keyframes for loops,
-oldest first (verification may lag behind insertion and catches up when the input pauses). Loop
-verification never looks at keyframes newer than the query, so a lagging worker gives the same loops as
-an immediate one. Results go to callbacks, called from the worker thread.
+Two threads, as ORB-SLAM3 runs LocalMapping beside LoopClosing, so that description and matching overlap on
+two cores (each stage with `torch.get_num_threads()` intra-op threads; the node sets half the cores):
+  keyframes: extract + insert waiting keyframes, in order (insertion always happens, never waits for a loop
+             check);
+  loops:     (1) answer the newest relocalization query, (2) check inserted keyframes for loops, oldest first
+             (the check may lag behind insertion and catches up when the input pauses).
+A loop check never looks at keyframes newer than its query, and takes the query's neighbourhood as it was at
+insertion, so a lagging check gives the same loops as an immediate one. Results go to callbacks, called from
+the thread that produced them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from ..types import Keyframe, KeyframeEvent, LoopClosure, QueryEvent, Relocaliza
 from .engine import Engine
 
 logger = logging.getLogger(__name__)
+
+ROLES = ("keyframes", "loops")  # the worker's threads (see the module docstring)
 
 
 class EngineWorker:
@@ -41,20 +47,22 @@ class EngineWorker:
         self._verify: deque[tuple[float, Keyframe]] = deque()
         self._queries: deque[tuple[float, QueryEvent]] = deque()
         self._cv = threading.Condition()
-        self._busy = False
+        self._busy: set[str] = set()  # roles running a job now
         self._stop = False
         self._generation = 0  # bumped by clear(): work from before a reset is discarded
         self.dropped_queries = 0
         self.counts = {"keyframes": 0, "loops": 0, "relocalized": 0, "not_relocalized": 0, "errors": 0}
         self.latency_ms: dict[str, deque] = {k: deque(maxlen=2000) for k in ("keyframe", "loop_check", "query")}
-        self._thread = threading.Thread(target=self._run, name="agnostic_reloc-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(role,), name=f"agnostic_reloc-{role}", daemon=True)
+                         for role in ROLES]
+        for t in self._threads:
+            t.start()
 
     # ------------------------------------------------------------------ input
     def submit_keyframe(self, event: KeyframeEvent) -> None:
         with self._cv:
             self._keyframes.append((time.perf_counter(), event))
-            self._cv.notify()
+            self._cv.notify_all()
 
     def submit_query(self, event: QueryEvent) -> bool:
         """Queue a query; when the queue is full the oldest waiting query is dropped (counted). False if so."""
@@ -64,7 +72,7 @@ class EngineWorker:
                 self._queries.popleft()
                 self.dropped_queries += 1
             self._queries.append((time.perf_counter(), event))
-            self._cv.notify()
+            self._cv.notify_all()
         return not dropped
 
     def clear(self) -> None:
@@ -84,7 +92,7 @@ class EngineWorker:
         return {k: percentiles(list(v)) for k, v in self.latency_ms.items() if v}
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until every queue is empty and nothing runs; False on timeout."""
+        """Block until every queue is empty and no thread runs a job; False on timeout."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while self._busy or self._keyframes or self._verify or self._queries:
@@ -98,39 +106,42 @@ class EngineWorker:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
 
     # ------------------------------------------------------------------ work
-    def _next(self):
-        if self._keyframes:
-            return "keyframe", self._keyframes.popleft()
+    def _next(self, role: str):
+        if role == "keyframes":
+            return ("keyframe", self._keyframes.popleft()) if self._keyframes else None
         if self._queries:
             return "query", self._queries.pop()  # newest first: older queries are stale
         if self._verify:
             return "verify", self._verify.popleft()
         return None
 
-    def _run(self) -> None:
+    def _run(self, role: str) -> None:
         while True:
             with self._cv:
-                while not self._stop and not (self._keyframes or self._queries or self._verify):
-                    self._busy = False
+                while not self._stop and (job := self._next(role)) is None:
+                    self._busy.discard(role)
                     self._cv.notify_all()
                     self._cv.wait()
                 if self._stop:
-                    self._busy = False
+                    self._busy.discard(role)
                     self._cv.notify_all()
                     return
-                kind, (t_in, item) = self._next()
+                kind, (t_in, item) = job
                 if kind == "query":
                     self.dropped_queries += len(self._queries)  # older queries than the answered one are stale
                     self._queries.clear()
-                self._busy = True
+                self._busy.add(role)
                 gen = self._generation
             try:
                 self._do(kind, t_in, item, gen)
             except Exception as exc:  # never let one bad job stop the worker
-                self.counts["errors"] += 1
+                with self._cv:
+                    self.counts["errors"] += 1
                 logger.exception("%s job failed", kind)
                 self.on_error(kind, f"{type(exc).__name__}: {exc}")
 
@@ -148,7 +159,8 @@ class EngineWorker:
                     return
                 eng.insert_keyframe(kf)
                 self._verify.append((t_in, kf))
-            self.counts["keyframes"] += 1
+                self.counts["keyframes"] += 1
+                self._cv.notify_all()
             self.latency_ms["keyframe"].append(1e3 * (time.perf_counter() - t_in))
             self.on_keyframe(kf, ev)
         elif kind == "verify":

@@ -1,7 +1,7 @@
 """`reloc_node`: the rclpy adapter around the engine (see README, "ROS 2 interface", for the contract).
 
-Callbacks on the executor thread only decode, synchronise and queue; the `EngineWorker` thread does the
-GPU/CPU work and publishes results. Bad input is dropped with a throttled warning and counted in
+Callbacks on the executor thread only decode, synchronise and queue; the `EngineWorker` threads (keyframes;
+loop checks and queries) do the GPU/CPU work and publish results, one at a time (`_publish_lock`). Bad input is dropped with a throttled warning and counted in
 /diagnostics; it never stops the node.
 
 QoS: contract inputs (keypoints, poses, tracking state) reliable, keep-last 100 (keyframes must not be
@@ -13,7 +13,7 @@ RViz and late subscribers), corrected pose reliable keep-last 10, matches image 
 Loop-corrected poses: the engine's pose graph (SLAM keyframe poses + accepted metric loops) gives each
 keyframe a correction T_corrected_slam. The node publishes it as the transform `corrected_frame` (parent) ->
 `map_frame` (child), like map -> odom in REP 105: on ~/correction always, and on /tf when tf2_ros is
-importable. All of it is published from the worker thread, where the pose graph is solved.
+importable. All of it is published from the worker threads, where the pose graph is solved.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..eval.viz import render_matches
+from ..inference.backends import stage_threads
 from ..io.contract import (
     INPUT_TOPICS,
     OUTPUT_TOPICS,
@@ -78,11 +79,12 @@ class RelocNode(Node):
         self._thumbs: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()  # kf id -> (jpeg, scale)
         self._edges: list[tuple[int, int]] = []
         self._edge_lock = threading.Lock()
+        self._publish_lock = threading.RLock()  # the worker's two threads publish (and share state) in turn
         self._await_camera: deque = deque(maxlen=int(self.p["sync_queue_size"]))
 
         import torch  # threads before any network is built: the runtimes take torch's thread count
 
-        torch.set_num_threads(int(self.p["threads"]) or max(1, (os.cpu_count() or 2) // 2))
+        torch.set_num_threads(stage_threads(int(self.p["threads"])))
         conf = engine_conf({k: v for k, v in self.p.items() if k.startswith("engine.")})
         kf_map = self._load_map()
         self.engine = Engine(conf, kf_map)
@@ -94,10 +96,9 @@ class RelocNode(Node):
             self.get_logger().info(f"running on {self.device}")
 
         # loop-corrected outputs: the newest keyframe of this session (id, stamp ns, SLAM T_map_cam), its
-        # correction T_corrected_slam (re-broadcast on /tf by a timer), keyframe stamps for ~/corrected_path
+        # correction T_corrected_slam (re-broadcast on /tf by a timer)
         self._newest: tuple[int, int, np.ndarray] | None = None
         self._T_corrected_slam: np.ndarray | None = None
-        self._kf_stamps = {kf.id: seconds_to_ns(kf.stamp) for kf in self.engine.map}
         self._kf_since_path = 0
 
         self.worker = EngineWorker(self.engine, self._publish_loops, self._publish_relocalization,
@@ -283,11 +284,15 @@ class RelocNode(Node):
         if not self.worker.submit_query(ev):
             self.guard.reject("query_overflow", "relocalization queue full: oldest waiting query dropped")
 
-    # ------------------------------------------------------------------ worker callbacks (worker thread)
+    # ------------------------------------------------------------------ worker callbacks (worker threads)
     def _on_worker_error(self, kind: str, text: str) -> None:
         self.guard.reject(kind, text)
 
     def _on_keyframe(self, kf: Keyframe, ev: KeyframeEvent) -> None:
+        with self._publish_lock:
+            self._keyframe_outputs(kf, ev)
+
+    def _keyframe_outputs(self, kf: Keyframe, ev: KeyframeEvent) -> None:
         h, w = ev.image.shape[:2]
         scale = min(1.0, THUMB_WIDTH / w)
         small = cv2.resize(cv2.cvtColor(ev.image, cv2.COLOR_RGB2GRAY), (max(8, int(w * scale)), max(8, int(h * scale))),
@@ -299,12 +304,15 @@ class RelocNode(Node):
                 self._thumbs.popitem(last=False)
         if len(self.engine.map) % 10 == 0:
             self._publish_edges()
-        self._kf_stamps[kf.id] = seconds_to_ns(kf.stamp)
         self._newest = (kf.id, seconds_to_ns(kf.stamp), np.asarray(kf.T_map_cam, np.float64))
         self._kf_since_path += 1
         self._publish_corrected(path=self._kf_since_path >= int(self.p["corrected_path_every_kf"]))
 
     def _publish_loops(self, loops: list[LoopClosure], kf: Keyframe) -> None:
+        with self._publish_lock:
+            self._loop_outputs(loops)
+
+    def _loop_outputs(self, loops: list[LoopClosure]) -> None:
         for lc in loops:
             header = cv.make_header(seconds_to_ns(lc.query_stamp), keyframe_frame_id(seconds_to_ns(lc.match_stamp)))
             self.pub_loop.publish(cv.pose_with_covariance(lc.T_match_query, lc.covariance, header))
@@ -321,7 +329,7 @@ class RelocNode(Node):
     def _publish_corrected(self, path: bool) -> None:
         """~/correction (+ /tf) and ~/corrected_pose of the newest keyframe; ~/corrected_path too when `path`.
 
-        Worker thread only: the first call after a loop solves the pose graph. The path holds every keyframe
+        Worker threads only (under `_publish_lock`): the first call after a loop solves the pose graph. The path holds every keyframe
         (O(map size) to build: ~0.1 s for 3000 keyframes), hence only on loops and every corrected_path_every_kf
         keyframes; the correction and the pose are O(1).
         """
@@ -336,8 +344,8 @@ class RelocNode(Node):
             self.pub_corrected_pose.publish(cv.pose_stamped(T @ T_map_cam, ns, frame))
         if path:
             self._kf_since_path = 0
-            poses = self.engine.corrected_poses()
-            stamps = [self._kf_stamps.get(i, 0) for i in poses]
+            poses, stamps = self.engine.corrected_poses(), self.engine.stamps()
+            stamps = [seconds_to_ns(stamps[i]) for i in poses]
             self.pub_corrected_path.publish(cv.path(list(poses.values()), stamps, frame, max(stamps, default=0)))
 
     def _broadcast_correction(self) -> None:
@@ -469,7 +477,6 @@ class RelocNode(Node):
             self._edges.clear()
         self._publish_edges()
         self._newest, self._T_corrected_slam = None, None  # no correction until the next keyframe
-        self._kf_stamps.clear()
         self._kf_since_path = 0
         self.pub_corrected_path.publish(cv.path([], [], self.p["corrected_frame"], 0))
         response.success, response.message = True, "map reset (the map file on disk is untouched)"

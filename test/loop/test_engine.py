@@ -9,6 +9,7 @@ from agnostic_reloc.eval.runs import evaluate
 from agnostic_reloc.features.keypoints import Keypoints
 from agnostic_reloc.loop.engine import Engine
 from agnostic_reloc.loop.runner import events_from_sequence, run
+from agnostic_reloc.loop.worker import EngineWorker
 from agnostic_reloc.map.store import KeyframeMap, MapFormatError
 from agnostic_reloc.types import KeyframeEvent, QueryEvent, RunResult
 
@@ -145,8 +146,35 @@ def drifting(photos):
     seq = make_sequence(seed=3, profile="mixed", conf=conf, progress=False)
     events = list(events_from_sequence(seq))
     engine = Engine({"device": "cpu"})
-    result = run(engine, [ev for ev in events if isinstance(ev, KeyframeEvent)], progress=False)
+    result = run(engine, [ev for ev in events if isinstance(ev, KeyframeEvent)], progress=False)  # pipelined
     return seq, engine, result, [ev for ev in events if isinstance(ev, QueryEvent)]
+
+
+def _loop_keys(loops) -> list[tuple]:
+    return [(lc.query_id, lc.match_id, lc.inliers, lc.metric) for lc in loops]
+
+
+def test_pipelined_run_and_two_thread_worker_find_the_serial_loops(drifting):
+    """Loop checks that lag behind insertion (the pipelined runner, the node's two-thread worker) accept exactly
+    the loops of checking each keyframe right after inserting it."""
+    seq, _, pipelined, _ = drifting
+    keyframes = [ev for ev in events_from_sequence(seq) if isinstance(ev, KeyframeEvent)]
+    serial = run(Engine({"device": "cpu"}), keyframes, progress=False, pipelined=False)
+    assert len(serial.loops) > 0
+    assert _loop_keys(pipelined.loops) == _loop_keys(serial.loops)
+
+    found: list = []
+    worker = EngineWorker(Engine({"device": "cpu"}), on_loops=lambda loops, kf: found.extend(loops))
+    try:
+        for ev in keyframes:  # as fast as they come: insertion runs ahead of the loop checks
+            worker.submit_keyframe(ev)
+        assert worker.wait_idle(timeout=600)
+    finally:
+        worker.stop()
+    assert worker.counts["keyframes"] == len(keyframes) and worker.counts["errors"] == 0
+    assert _loop_keys(found) == _loop_keys(serial.loops)
+    for a, b in zip(found, serial.loops):
+        assert np.allclose(a.T_match_query, b.T_match_query, atol=1e-6)
 
 
 def test_relocalization_candidates_compared_after_loop_correction(drifting):
