@@ -127,3 +127,23 @@ def test_global_descriptor_overlapping_crops(photos, aliked):
             misses.append(f"{chosen[i].name}: same-photo {S[i, i]:.3f} <= other photo {others:.3f}")
     assert len(misses) <= 1, misses
     assert np.diag(S).mean() > S[~np.eye(n, dtype=bool)].mean() + 0.15
+
+
+def test_search_and_rebuild_leave_the_callers_torch_threads_alone():
+    """faiss and torch share one OpenMP runtime whose thread count is per calling thread: a search (1 faiss
+    thread) or a build (all cores) must not change the count the caller's networks then run with."""
+    import torch
+
+    before = torch.get_num_threads()
+    want = 3 if before != 3 else 2
+    torch.set_num_threads(want)
+    try:
+        rng = np.random.default_rng(0)
+        index = RetrievalIndex(dim=32, exact_below=4)  # HNSW once rebuilt with >= 4 entries
+        vecs = rng.normal(size=(6, 32)).astype(np.float32)
+        index.rebuild(list(range(6)), vecs, [float(i) for i in range(6)])
+        assert torch.get_num_threads() == want
+        assert index.search(vecs[2], 2)[0][0] == 2
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
