@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,7 +44,8 @@ OPSET = 17  # ONNX opset of the exported graphs
 
 default_runtime_conf = {
     "backend": "auto",  # auto | torch | openvino | onnxruntime (auto: openvino > onnxruntime > torch on CPU)
-    "threads": None,  # runtime intra-op threads; None: torch.get_num_threads() (one knob for the process)
+    "threads": None,  # runtime intra-op threads per call; None: torch.get_num_threads() (one knob for the process)
+    "streams": 1,  # openvino: calls from this many threads at once run side by side, each with `threads` threads
     "precision": "f32",  # openvino CPU precision: f32 (equals torch) | bf16 (faster on AMX CPUs, ~1e-2 off)
     "cache_dir": None,  # exported graphs; None: $AGNOSTIC_RELOC_CACHE, else ~/.cache/agnostic_reloc
 }
@@ -107,6 +109,18 @@ def stage_threads(threads: int = 0) -> int:
         return int(threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
     return max(1, cores // 2)
+
+
+@contextmanager
+def intra_op_threads(n: int):
+    """torch's intra-op threads of the calling thread for a block, then its previous count again (OpenMP keeps
+    the count per thread, so other threads keep theirs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def runtime_threads(threads: int | None) -> int:
@@ -232,25 +246,27 @@ _ov_core = None
 class CompiledGraph:
     """An exported graph compiled for one runtime on CPU: numpy arrays in, numpy arrays out.
 
-    Calls are serialised by a lock (an OpenVINO infer request is not re-entrant); outputs are
-    copies the caller owns.
+    Thread-safe: OpenVINO gives each calling thread its own infer request (an infer request is not re-entrant)
+    and runs up to `streams` calls side by side, each with `threads` threads; ONNX Runtime sessions take
+    concurrent calls. Outputs are copies the caller owns.
     """
 
-    def __init__(self, path: Path, backend: str, threads: int, precision: str = "f32") -> None:
+    def __init__(self, path: Path, backend: str, threads: int, precision: str = "f32", streams: int = 1) -> None:
         self.path, self.backend = path, backend
-        self.lock = threading.Lock()
+        self._local = threading.local()
         if backend == "openvino":
             global _ov_core
             import openvino as ov
 
             if _ov_core is None:
                 _ov_core = ov.Core()
+            streams = max(1, int(streams))
             self.compiled = _ov_core.compile_model(str(path), "CPU", {
-                "INFERENCE_NUM_THREADS": threads,
+                "INFERENCE_NUM_THREADS": threads * streams,
                 "INFERENCE_PRECISION_HINT": precision,  # the default is bf16 on AMX CPUs: ~1e-2 off torch
-                "PERFORMANCE_HINT": "LATENCY",  # one stream: one frame at a time, as the pipeline runs
+                # one stream: one call at a time with every thread; more: calls of as many threads side by side
+                **({"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {"NUM_STREAMS": streams}),
             })
-            self.request = self.compiled.create_infer_request()
         elif backend == "onnxruntime":
             import onnxruntime as ort
 
@@ -269,9 +285,11 @@ class CompiledGraph:
         inputs = tuple(np.ascontiguousarray(x, dtype=np.float32) for x in inputs)
         if self.backend == "onnxruntime":
             return self.session.run(None, dict(zip(self.input_names, inputs)))
-        with self.lock:
-            self.request.infer(inputs)
-            return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        request.infer(inputs)
+        return [request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
@@ -296,7 +314,8 @@ def load_graphs(name: str, module: torch.nn.Module, stems: Sequence[str], export
     try:
         folder = cached_graph(graph_key(name, module, backend), export, conf["cache_dir"])
         threads = runtime_threads(conf["threads"])
-        return [CompiledGraph(folder / f"{stem}.onnx", backend, threads, conf["precision"]) for stem in stems]
+        return [CompiledGraph(folder / f"{stem}.onnx", backend, threads, conf["precision"], conf["streams"])
+                for stem in stems]
     except Exception as exc:  # a robot keeps running in torch rather than stopping on an export problem
         first = str(exc).splitlines()[0] if str(exc) else ""
         warnings.warn(f"could not build the {backend} graph '{name}' ({type(exc).__name__}: {first}); "

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torch
 from ..conf import deep_update, merge_conf, option_defaults, unflatten
 from ..features.keypoints import Keypoints
 from ..geometry import estimate_pnp, invert_T
+from ..inference.backends import intra_op_threads
 from ..map.store import KeyframeMap
 from ..matching.keyframes import HammingKeyframes, LightGlueKeyframes
 from ..matching.pipeline import PairPipeline, lightglue_from
@@ -207,6 +209,8 @@ class Engine:
         self._last_kf: Keyframe | None = None
         self.timing: dict[str, list[float]] = {}
         self._next_id = 0
+        self._threads = torch.get_num_threads()  # intra-op threads of each stage (set before the engine is built)
+        self._query_pool: ThreadPoolExecutor | None = None  # matches a query's candidates side by side (CPU)
         if len(self.map):
             self._rebuild_index()
 
@@ -504,8 +508,9 @@ class Engine:
         f = self.conf["features"]
         # fallback: the ensemble keypoints (ALIKED's dense map and detection) are computed only when needed
         lazy = bool(f["query_ensemble"]) and f["query_ensemble_when"] == "fallback"
-        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
-                               query_ensemble=0 if lazy else f["query_ensemble"])
+        with intra_op_threads(self._query_threads()):
+            q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
+                                   query_ensemble=0 if lazy else f["query_ensemble"])
         with self.lock:
             cand_ids = self._candidates(q, None)
             cands = [self.map.get(i) for i in cand_ids]
@@ -514,7 +519,9 @@ class Engine:
             return Relocalization(stamp, False, reason="no candidate from retrieval")
         result = self._relocalize_view(stamp, q, cands, final=not lazy)
         if lazy and not result.success and result.reason.startswith(("too few inliers", "unconfirmed")):
-            q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1, query_ensemble=f["query_ensemble"])
+            with intra_op_threads(self._query_threads()):
+                q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
+                                       query_ensemble=f["query_ensemble"])
             result = self._relocalize_view(stamp, q, cands, final=True)
         self._tick("reloc_verify", t0)
         return result
@@ -523,8 +530,8 @@ class Engine:
         """Match and verify one query view against the candidates, then decide (final: the last view tried)."""
         rc = self.conf["reloc"]
         poses: list[relocalize.CandidatePose] = []
-        for group in self._groups(cands):
-            for cand, p in zip(group, self.matcher.match(q, group)):
+        for group in self._query_groups(cands):
+            for cand, p in zip(group, self._match_side_by_side(q, group)):
                 pose = verify.pnp_pose(q, cand, p, rc["min_inliers"], self.conf["verify"])
                 if pose is not None:
                     T, cov, inl, _ = pose
@@ -536,6 +543,32 @@ class Engine:
                 break  # two agreeing candidates and no disagreeing one: early acceptance
         # the relocalizer is the query thread's own state: no lock
         return self.relocalizer.decide(stamp, poses, self._neighbour_check(q), remember=final)
+
+    def _query_threads(self) -> int:
+        """Intra-op threads of a relocalization query's description (`reloc.parallel` x the stage's)."""
+        cpu = self.pipe.aliked is None or self.pipe.aliked.device.type != "cuda"
+        return self._threads * (self.conf["reloc"]["parallel"] if cpu else 1)
+
+    def _query_groups(self, cands: list[Keyframe]) -> list[list[Keyframe]]:
+        """A query's candidates in matching rounds: `reloc.parallel` at a time on CPU (early stop between
+        rounds), else as loop checks group them."""
+        n = self.conf["reloc"]["parallel"]
+        if n < 2 or self.pipe.aliked.device.type == "cuda" or not self.conf["retrieval"]["early_accept"]:
+            return self._groups(cands)
+        return [cands[i:i + n] for i in range(0, len(cands), n)]
+
+    def _match_side_by_side(self, q: Keyframe, group: list[Keyframe]) -> list[np.ndarray]:
+        """`matcher.match` of each candidate on its own thread (one round of `_query_groups`), or in one call."""
+        if len(group) < 2 or self.pipe.aliked.device.type == "cuda":
+            return self.matcher.match(q, group)
+        if self._query_pool is None:
+            self._query_pool = ThreadPoolExecutor(self.conf["reloc"]["parallel"], "agnostic_reloc-query")
+
+        def one(c: Keyframe) -> np.ndarray:
+            with intra_op_threads(self._threads):
+                return self.matcher.match(q, [c])[0]
+
+        return list(self._query_pool.map(one, group))
 
     def _neighbour_check(self, q: Keyframe) -> relocalize.NeighbourCheck:
         """The relocalizer's check of a candidate pose of query `q`: neighbour support and the refined pose."""

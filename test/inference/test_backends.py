@@ -158,6 +158,24 @@ def test_lightglue_layers_give_the_torch_matches(backend, orb_pair, torch_matche
     assert same_matches(ours, ref) >= 0.99
 
 
+
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_lightglue_from_two_threads_at_once_gives_the_torch_matches(backend, orb_pair, torch_matches):
+    """A relocalization query matches two candidates side by side (reloc.parallel): calls of one matcher from two
+    threads at once (OpenVINO: one infer request per thread, two streams) give each thread its own pair's matches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    f0, f1 = orb_pair
+    _, ref = torch_matches
+    swapped = LightGlueMatcher(device="cpu", backend="torch").match(f1, [f0])[0]
+    matcher = LightGlueMatcher(device="cpu", backend=backend)
+    jobs = [(f0, f1), (f1, f0)] * 2
+    with ThreadPoolExecutor(2) as pool:
+        out = list(pool.map(lambda p: matcher.match(p[0], [p[1]])[0], jobs))
+    for (a, _), ours in zip(jobs, out):
+        assert same_matches(ours, ref if a is f0 else swapped) >= 0.99
+
+
 @pytest.mark.skipif(not INSTALLED, reason="no runtime installed: pip install openvino onnx")
 def test_finetuned_weights_get_their_own_graphs(tmp_path, orb_pair, torch_matches, cache):
     net = build_network("aliked")
