@@ -7,7 +7,9 @@ verifies in the background. Reported per rate: keyframe and loop-check lag (subm
 largest keyframe backlog and how long the backlog takes to drain after the last keyframe; plus the non-paced
 real-time factor (all events as fast as possible through `runner.run`, as the replay tool drives the engine:
 wall time / data duration at 5 keyframes/s) with the loops and relocalizations it finds. Both drivers run the
-keyframe stage and the loop stage side by side, each with --threads intra-op threads. Prints tables, writes keep_up.json and keep_up.png (backlog and lag over time).
+keyframe stage and the loop stage side by side, each with --threads intra-op threads. Also: a burst (5 keyframes/s for 5 s in the second lap of a 1 keyframe/s run: how soon the keyframe backlog is
+back at zero) and relocalization query latency (kidnap profile). Prints tables, writes keep_up.json and
+keep_up.png (backlog over time).
 
     .venv/bin/python benchmarks/keep_up.py --out benchmarks/results/keep_up [--rates 1 2 5] [--backend auto]
 """
@@ -41,8 +43,19 @@ def lag_stats(ms: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max())}
 
 
-def paced(engine_conf: dict, events: list, rate: float, sample_s: float = 0.1) -> dict:
-    """Submit keyframes at `rate` per second (queries between them as they come) to a fresh worker."""
+def paced(engine_conf: dict, events: list, rate: float, sample_s: float = 0.1,
+          burst: tuple[int, float, float] | None = None) -> dict:
+    """Submit keyframes at `rate` per second (queries between them as they come) to a fresh worker.
+
+    burst: (first keyframe, rate, seconds): from that keyframe on, `rate` keyframes/s for `seconds`, then `rate`
+    again; reported: how long after the burst the keyframe backlog stays at zero."""
+    n_kf = sum(isinstance(e, KeyframeEvent) for e in events)
+    due = np.arange(n_kf, dtype=float) / rate  # submission time of each keyframe
+    if burst is not None:
+        k0, b_rate, b_s = burst
+        n_b = min(n_kf - k0, int(round(b_rate * b_s)))
+        due[k0:k0 + n_b] = due[k0] + np.arange(n_b) / b_rate
+        due[k0 + n_b:] = due[k0] + n_b / b_rate + np.arange(n_kf - k0 - n_b) / rate
     engine = Engine(engine_conf)
     worker = EngineWorker(engine, query_queue_size=2)
     trace: list[tuple[float, int, int]] = []  # (t, keyframes waiting, keyframes waiting for verification)
@@ -60,7 +73,7 @@ def paced(engine_conf: dict, events: list, rate: float, sample_s: float = 0.1) -
     k = 0
     for ev in events:
         if isinstance(ev, KeyframeEvent):
-            wait = k / rate - (time.perf_counter() - t0)
+            wait = due[k] - (time.perf_counter() - t0)
             if wait > 0:
                 time.sleep(wait)
             worker.submit_keyframe(ev)
@@ -74,7 +87,14 @@ def paced(engine_conf: dict, events: list, rate: float, sample_s: float = 0.1) -
     sampler.join()
     worker.stop()
     lat = {name: lag_stats(list(v)) for name, v in worker.latency_ms.items() if v}
-    return {"rate": rate, "keyframes": k, "stream_s": round(t_last, 2), "drain_s": round(t_idle - t_last, 2),
+    extra = {}
+    if burst is not None:
+        end = due[k0 + n_b - 1]
+        waiting = [t for t, b, _ in trace if t >= end and b > 0]
+        extra = {"burst": {"first_keyframe": k0, "rate": b_rate, "seconds": b_s, "keyframes": n_b,
+                           "ends_s": round(float(end), 2),
+                           "keyframe_backlog_zero_after_s": round(max(waiting, default=end) - end, 2)}}
+    return {"rate": rate, **extra, "keyframes": k, "stream_s": round(t_last, 2), "drain_s": round(t_idle - t_last, 2),
             "max_keyframe_backlog": max((b for _, b, _ in trace), default=0),
             "max_verify_backlog": max((v for _, _, v in trace), default=0),
             "lag_ms": lat, "counts": dict(worker.counts), "dropped_queries": worker.dropped_queries,
@@ -98,6 +118,22 @@ def unpaced(engine_conf: dict, events: list, seq, kf_rate: float = 5.0, pipeline
                         "lightglue": getattr(getattr(engine.matcher, "matcher", None), "backend", None)}}
 
 
+def queries(engine_conf: dict, seed: int = 1) -> dict:
+    """Relocalization queries as the node answers them while the SLAM is lost: the world `kidnap` profile
+    (640x480, one mapped lap, then kidnapped frames), each query after the keyframes before it. Latency per
+    query (description + retrieval + matching + decision) and how many are placed within 0.5 m / 5 deg."""
+    seq = make_sequence(seed=seed, profile="kidnap", conf={"keep_depth": False, "camera": {"width": 640, "height": 480}},
+                        progress=True)
+    engine = Engine(engine_conf)
+    result = run(engine, list(events_from_sequence(seq)), progress=True)
+    ms = np.add(engine.timing["reloc_retrieve"], engine.timing["reloc_verify"])
+    m = evaluate(result, {f.stamp: f.T_world_cam for f in seq.frames})["relocalization"]
+    return {"seed": seed, "queries": len(ms), "latency_ms": {"p50": float(np.percentile(ms, 50)),
+                                                            "p90": float(np.percentile(ms, 90)), "max": float(ms.max())},
+            "success_at": m.get("success_at", {}),
+            "stage_ms": {k: percentiles(engine.timing[k]) for k in ("reloc_retrieve", "reloc_verify")}}
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -107,7 +143,9 @@ def plot(runs: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(1, 1, figsize=(8, 4))
     for r in runs:
         tr = np.asarray(r["trace"], float).reshape(-1, 3)
-        ax.plot(tr[:, 0], tr[:, 1] + tr[:, 2], label=f"{r['rate']:g} kf/s")
+        label = (f"{r['rate']:g} kf/s" if "burst" not in r else
+                 f"{r['rate']:g} kf/s, burst {r['burst']['rate']:g} kf/s for {r['burst']['seconds']:g} s")
+        ax.plot(tr[:, 0], tr[:, 1] + tr[:, 2], label=label)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("keyframes waiting (extract + verify)")
     ax.set_title("Backlog of the engine worker, keyframes paced at a fixed rate")
@@ -129,6 +167,9 @@ def main() -> None:
                     "runtimes follow); 0 = half the cores, as the node and the CLI")
     ap.add_argument("--serial", action="store_true", help="non-paced run without the loop stage's own thread")
     ap.add_argument("--skip-unpaced", action="store_true")
+    ap.add_argument("--burst", type=float, nargs=2, default=[5.0, 5.0], metavar=("RATE", "SECONDS"),
+                    help="also a run at 1 keyframe/s with a burst of RATE keyframes/s for SECONDS in the second lap")
+    ap.add_argument("--skip-queries", action="store_true", help="no relocalization query latency run")
     args = ap.parse_args()
     torch.set_num_threads(stage_threads(args.threads))
     out = Path(args.out)
@@ -151,6 +192,17 @@ def main() -> None:
         for stage, p in u["stage_ms"].items():
             print(f"  {stage:16s} p50 {p['p50']:8.1f} ms  p90 {p['p90']:8.1f}  max {p['max']:8.1f}")
     report["paced"] = [paced(conf, events, r) for r in args.rates]
+    n_kf = sum(isinstance(e, KeyframeEvent) for e in events)
+    report["burst"] = paced(conf, events, 1.0, burst=(n_kf // 2, *args.burst))
+    b = report["burst"]["burst"]
+    print(f"\nburst of {b['rate']:g} keyframes/s for {b['seconds']:g} s ({b['keyframes']} keyframes, second lap) at 1 "
+          f"keyframe/s: keyframe backlog back to zero {b['keyframe_backlog_zero_after_s']} s after it; lag "
+          f"{report['burst']['lag_ms']}")
+    if not args.skip_queries:
+        report["queries"] = qr = queries(conf)
+        print(f"\nrelocalization queries (kidnap, seed {qr['seed']}): {qr['queries']} queries, latency p50 "
+              f"{qr['latency_ms']['p50']:.0f} ms, p90 {qr['latency_ms']['p90']:.0f}, max {qr['latency_ms']['max']:.0f}; "
+              f"placed {qr['success_at']}")
     print("\n| keyframes/s | keyframe lag p50 / p95 / max (s) | loop-check lag p50 / p95 / max (s) | max backlog "
           "| drain after last (s) |\n|---|---|---|---|---|")
     for r in report["paced"]:
@@ -159,7 +211,7 @@ def main() -> None:
         print(f"| {r['rate']:g} | {f(k)} | {f(v)} | {r['max_keyframe_backlog']} + {r['max_verify_backlog']} "
               f"| {r['drain_s']} |")
     (out / "keep_up.json").write_text(json.dumps(report, indent=1))
-    plot(report["paced"], out / "keep_up.png")
+    plot(report["paced"] + [report["burst"]], out / "keep_up.png")
     print(f"wrote {out / 'keep_up.json'} and {out / 'keep_up.png'}")
 
 

@@ -45,7 +45,6 @@ OPSET = 17  # ONNX opset of the exported graphs
 default_runtime_conf = {
     "backend": "auto",  # auto | torch | openvino | onnxruntime (auto: openvino > onnxruntime > torch on CPU)
     "threads": None,  # runtime intra-op threads per call; None: torch.get_num_threads() (one knob for the process)
-    "streams": 1,  # openvino: calls from this many threads at once run side by side, each with `threads` threads
     "precision": "f32",  # openvino CPU precision: f32 (equals torch) | bf16 (faster on AMX CPUs, ~1e-2 off)
     "cache_dir": None,  # exported graphs; None: $AGNOSTIC_RELOC_CACHE, else ~/.cache/agnostic_reloc
 }
@@ -246,27 +245,23 @@ _ov_core = None
 class CompiledGraph:
     """An exported graph compiled for one runtime on CPU: numpy arrays in, numpy arrays out.
 
-    Thread-safe: OpenVINO gives each calling thread its own infer request (an infer request is not re-entrant)
-    and runs up to `streams` calls side by side, each with `threads` threads; ONNX Runtime sessions take
-    concurrent calls. Outputs are copies the caller owns.
+    Thread-safe, and calls from several threads run side by side, each with `threads` threads: OpenVINO takes a
+    compiled copy that no other call is using (compiling one more, ~0.1 s a graph, the first time more calls run
+    at once than copies exist; single calls ran ~7 % slower on one copy compiled for two streams); ONNX Runtime sessions take concurrent calls. Outputs are copies the caller owns.
     """
 
-    def __init__(self, path: Path, backend: str, threads: int, precision: str = "f32", streams: int = 1) -> None:
+    def __init__(self, path: Path, backend: str, threads: int, precision: str = "f32") -> None:
         self.path, self.backend = path, backend
-        self._local = threading.local()
+        self.threads, self.precision = threads, precision
+        self._lock = threading.Lock()
         if backend == "openvino":
             global _ov_core
             import openvino as ov
 
             if _ov_core is None:
                 _ov_core = ov.Core()
-            streams = max(1, int(streams))
-            self.compiled = _ov_core.compile_model(str(path), "CPU", {
-                "INFERENCE_NUM_THREADS": threads * streams,
-                "INFERENCE_PRECISION_HINT": precision,  # the default is bf16 on AMX CPUs: ~1e-2 off torch
-                # one stream: one call at a time with every thread; more: calls of as many threads side by side
-                **({"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {"NUM_STREAMS": streams}),
-            })
+            self._model = _ov_core.read_model(str(path))
+            self._free = [self._compile()]  # (compiled model, infer request) not in use now
         elif backend == "onnxruntime":
             import onnxruntime as ort
 
@@ -281,15 +276,32 @@ class CompiledGraph:
         else:
             raise ValueError(f"no compiled graphs for backend '{backend}'")
 
+    def _compile(self):
+        compiled = _ov_core.compile_model(self._model, "CPU", {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "INFERENCE_PRECISION_HINT": self.precision,  # the default is bf16 on AMX CPUs: ~1e-2 off torch
+            "PERFORMANCE_HINT": "LATENCY",  # one stream: a call gets every thread of its copy
+            # no pinning: pinned, two copies' threads shared one core (two calls at once took 2x as long each)
+            # and competed with torch's threads there
+            "ENABLE_CPU_PINNING": False,
+        })
+        return compiled, compiled.create_infer_request()
+
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         inputs = tuple(np.ascontiguousarray(x, dtype=np.float32) for x in inputs)
         if self.backend == "onnxruntime":
             return self.session.run(None, dict(zip(self.input_names, inputs)))
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        request.infer(inputs)
-        return [request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
+        with self._lock:
+            slot = self._free.pop() if self._free else None
+        if slot is None:  # another call runs on every copy: one more copy (kept for later)
+            slot = self._compile()
+        compiled, request = slot
+        try:
+            request.infer(inputs)
+            return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
+        finally:
+            with self._lock:
+                self._free.append(slot)
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
@@ -314,8 +326,7 @@ def load_graphs(name: str, module: torch.nn.Module, stems: Sequence[str], export
     try:
         folder = cached_graph(graph_key(name, module, backend), export, conf["cache_dir"])
         threads = runtime_threads(conf["threads"])
-        return [CompiledGraph(folder / f"{stem}.onnx", backend, threads, conf["precision"], conf["streams"])
-                for stem in stems]
+        return [CompiledGraph(folder / f"{stem}.onnx", backend, threads, conf["precision"]) for stem in stems]
     except Exception as exc:  # a robot keeps running in torch rather than stopping on an export problem
         first = str(exc).splitlines()[0] if str(exc) else ""
         warnings.warn(f"could not build the {backend} graph '{name}' ({type(exc).__name__}: {first}); "

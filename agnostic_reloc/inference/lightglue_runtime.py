@@ -40,7 +40,6 @@ class LayerRunner:
 
     default_conf = {
         **default_runtime_conf,
-        "streams": 2,  # openvino: two pairs at once, each with `threads` threads (a relocalization query's candidates)
         "export_points": (384, 320),  # (M, N) point counts of the example the graphs are traced with
     }
 
