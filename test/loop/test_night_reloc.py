@@ -185,3 +185,19 @@ def test_aliased_poster_gives_no_wrong_pose(night):
             assert err < 0.5, f"aliased poster {poster.alias_group}: a pose {err:.2f} m off ({r.support})"
             published += 1
     assert published >= len(posters) // 2  # the check refuses ambiguity, not every poster
+
+
+def test_image_only_queries_use_the_ensemble(night):
+    """A query that comes as an image alone (~/query/image: keypoints detected by features.query_detector) gets
+    the same query-side ensemble: more dark frames relocalized than without it, none wrong."""
+    seq, engine, keyframes, queries = night
+    gt = {f.stamp: f.T_world_cam for f in seq.frames}
+    images_only = [QueryEvent(q.stamp, q.image, q.K, None) for q in queries]
+    placed = {}
+    for n in (0, engine.conf["features"]["query_ensemble"]):
+        rels = relocalize_all(engine, images_only, query_ensemble=n)
+        m = evaluate(RunResult(relocalizations=rels, keyframes=keyframes), gt)["relocalization"]
+        print(n, sum(r.success for r in rels), m["success_at"], [r.reason or r.support for r in rels])
+        assert m["success_at"]["5m_10deg"] * len(queries) >= sum(r.success for r in rels)  # none wrong
+        placed[n] = m["success_at"]["0.5m_5deg"]
+    assert placed[engine.conf["features"]["query_ensemble"]] > placed[0]
