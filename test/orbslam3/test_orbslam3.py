@@ -136,6 +136,27 @@ def test_bridge_end_to_end(bridge_run, sequence_dir):
 
 
 @needs_orbslam3
+def test_bridge_with_the_engine_beside_tracking(sequence_dir, vocabulary, tmp_path):
+    """The engine in the node's two-thread worker beside ORB-SLAM3's tracking (beside=True, as on a robot):
+    every keyframe reaches it, its loops are right, and the worker drains and reports its lags."""
+    from agnostic_reloc.eval.loops import loop_pose_ok
+    from agnostic_reloc.orbslam3.offline import run_bridge
+    from agnostic_reloc.world import load_sequence
+
+    run = run_bridge(sequence_dir, tmp_path, {**BRIDGE, "vocabulary": str(vocabulary)}, ENGINE, beside=True,
+                     progress=False)
+    res, w = run.result, run.worker
+    assert len(res.keyframes) == sum(f.is_keyframe for f in run.frames) >= 10
+    assert w["counts"]["errors"] == 0 and w["counts"]["keyframes"] == len(res.keyframes)
+    assert {"keyframe", "loop_check"} <= set(w["latency_ms"]) and w["drain_s"] >= 0
+    seq = load_sequence(sequence_dir)
+    assert res.loops
+    for lc in res.loops:
+        T_gt = invert_T(seq.gt_pose(lc.match_stamp)) @ seq.gt_pose(lc.query_stamp)
+        assert loop_pose_ok(lc.T_match_query, T_gt, scale_free=not lc.metric)
+
+
+@needs_orbslam3
 def test_bridge_bag_is_the_node_contract(bridge_run):
     """The bridge's bag goes through the node's input path (replay's BagEvents) without a rejected message: every
     bridge keyframe becomes a keyframe event whose map points reproject onto their keypoints."""
