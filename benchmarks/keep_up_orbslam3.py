@@ -25,7 +25,10 @@ import torch
 
 from agnostic_reloc.inference.backends import stage_threads
 from agnostic_reloc.io.bags import make_bag
+from agnostic_reloc.io.params import NODE_PARAMS
 from agnostic_reloc.orbslam3.offline import run_bridge
+
+NODE_DEFAULTS = {k: v[0] for k, v in NODE_PARAMS.items()}
 
 
 def tracking(run) -> dict:
@@ -39,6 +42,8 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=20.0, help="camera rate (ORB-SLAM3 needs >= 10 Hz on this world)")
     ap.add_argument("--frames", type=int, default=None, help="frames (default: the mixed profile's)")
     ap.add_argument("--threads", type=int, default=0, help="threads per engine stage; 0 = half the cores")
+    ap.add_argument("--nice", type=int, default=NODE_DEFAULTS["nice"], help="the worker's lower priority (the node's "
+                    "`nice`; 0: equal to tracking)")
     args = ap.parse_args()
     torch.set_num_threads(stage_threads(args.threads))
     out = Path(args.out)
@@ -47,14 +52,15 @@ def main() -> None:
         bag = Path(tmp) / "world"
         info = make_bag(bag, args.seed, args.frames, "mixed", fps=args.fps)
         alone = run_bridge(bag, Path(tmp) / "alone", with_engine=False, realtime=True)
-        beside = run_bridge(bag, Path(tmp) / "beside", engine_conf={"device": "cpu"}, beside=True, realtime=True)
+        beside = run_bridge(bag, Path(tmp) / "beside", engine_conf={"device": "cpu"}, beside=True, realtime=True,
+                            nice=args.nice)
     data_s = info["frames"] / args.fps
     kf = sum(f.is_keyframe for f in beside.frames)
     t_alone, t_beside = tracking(alone), tracking(beside)
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads_per_stage": torch.get_num_threads(), "torch": torch.__version__},
-        "seed": args.seed, "fps": args.fps, "frames": info["frames"], "data_s": round(data_s, 1),
+        "seed": args.seed, "fps": args.fps, "nice": args.nice, "frames": info["frames"], "data_s": round(data_s, 1),
         "orbslam3_alone": {"track_ms": t_alone, "wall_s": round(alone.wall_s, 1)},
         "orbslam3_beside_engine": {"track_ms": t_beside, "wall_s": round(beside.wall_s, 1)},
         "tracking_slowdown_p50": round(t_beside["p50"] / t_alone["p50"], 2),

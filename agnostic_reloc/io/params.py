@@ -51,6 +51,8 @@ NODE_PARAMS: dict[str, tuple[Any, str, tuple | None]] = {
                         "refusal, relocalizations, device, latency) at this period; 0 = off", (0.0, 3600.0)),
     "warn_throttle_s": (5.0, "minimum period between repeated warnings of the same kind", (0.0, 3600.0)),
     "matches_image_max_width": (1280, "width limit of ~/matches_image (both images side by side)", (64, 8192)),
+    "nice": (10, "lower the worker threads' CPU priority by this much (Linux, 0-19), so that ORB-SLAM3's tracking on "
+             "the same cores goes first (0: equal priority)", (0, 19)),
     "threads": (0, "CPU threads of the networks (torch and the inference runtime) in each of the worker's two stages "
                 "(keyframes; loop checks and queries), which run side by side; 0 = half the cores, at least one",
                 (0, 256)),

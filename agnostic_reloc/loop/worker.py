@@ -14,6 +14,7 @@ the thread that produced them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -34,9 +35,15 @@ class EngineWorker:
     def __init__(self, engine: Engine, on_loops: Callable[[list[LoopClosure], Keyframe], None] | None = None,
                  on_relocalization: Callable[[Relocalization, QueryEvent], None] | None = None,
                  on_keyframe: Callable[[Keyframe, KeyframeEvent], None] | None = None,
-                 on_error: Callable[[str, str], None] | None = None, query_queue_size: int = 2) -> None:
+                 on_error: Callable[[str, str], None] | None = None, query_queue_size: int = 2,
+                 nice: int = 0) -> None:
+        """nice: lower the worker threads' CPU priority by this much (Linux, per thread; threads they start, such
+        as a query's matching threads, inherit it), so that the SLAM's tracking sharing the cores goes first."""
         if query_queue_size < 1:
             raise ValueError("query_queue_size must be >= 1")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in [0, 19], got {nice}")
+        self.nice = int(nice)
         self.engine = engine
         self.on_loops = on_loops or (lambda loops, kf: None)
         self.on_relocalization = on_relocalization or (lambda r, q: None)
@@ -55,8 +62,10 @@ class EngineWorker:
         self.latency_ms: dict[str, deque] = {k: deque(maxlen=2000) for k in ("keyframe", "loop_check", "query")}
         self._threads = [threading.Thread(target=self._run, args=(role,), name=f"agnostic_reloc-{role}", daemon=True)
                          for role in ROLES]
+        self._started = threading.Barrier(len(ROLES) + 1)  # the threads run (at their priority) once built
         for t in self._threads:
             t.start()
+        self._started.wait()
 
     # ------------------------------------------------------------------ input
     def submit_keyframe(self, event: KeyframeEvent) -> None:
@@ -120,7 +129,18 @@ class EngineWorker:
             return "verify", self._verify.popleft()
         return None
 
+    def _lower_priority(self) -> None:
+        if not self.nice:
+            return
+        try:  # on Linux the "process" of setpriority is this thread
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except (AttributeError, OSError) as exc:
+            logger.warning("could not lower the worker's priority (%s): it competes with tracking as an equal", exc)
+
     def _run(self, role: str) -> None:
+        self._lower_priority()
+        self._started.wait()
         while True:
             with self._cv:
                 while not self._stop and (job := self._next(role)) is None:

@@ -66,14 +66,15 @@ class _BesideWorker:
     """The engine in the node's `EngineWorker` beside tracking: events in without waiting, results collected into
     `result` (in the order they arrive) and relocalizations handed back to the tracking loop by `answers`."""
 
-    def __init__(self, engine: Engine, result: RunResult) -> None:
+    def __init__(self, engine: Engine, result: RunResult, nice: int = 0) -> None:
         self.result = result
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
         self._query_ns: dict[float, int] = {}
         self.max_backlog = 0
         self.worker = EngineWorker(engine, on_loops=lambda loops, kf: result.loops.extend(loops),
                                    on_relocalization=self._relocalized, on_keyframe=self._keyframe,
-                                   on_error=lambda kind, text: result.rejected.append((float("nan"), f"{kind}: {text}")))
+                                   on_error=lambda kind, text: result.rejected.append((float("nan"), f"{kind}: {text}")),
+                                   nice=nice)
 
     def _keyframe(self, kf, ev) -> None:
         self.result.keyframes[kf.id] = (kf.stamp, kf.T_map_cam)
@@ -118,7 +119,7 @@ class _BesideWorker:
 def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLike, bridge_conf: dict | None = None,
                engine_conf: dict | None = None, with_engine: bool = True, bag: str | os.PathLike | None = None,
                storage: str = "sqlite3", max_frames: int | None = None, progress: bool = True,
-               beside: bool = False, realtime: bool = False) -> OfflineRun:
+               beside: bool = False, realtime: bool = False, nice: int = 0) -> OfflineRun:
     """Run ORB-SLAM3 over `source` through the bridge; optionally our engine in the loop and a contract bag.
 
     Args:
@@ -130,6 +131,7 @@ def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLi
             queries are handed over without waiting; a relocalization is answered when it arrives); default:
             each event is processed before the next frame is tracked (deterministic results).
         realtime: track each frame no earlier than its stamp after the first (the camera's pace).
+        nice: with `beside`, the worker threads' lower CPU priority (the node's `nice`).
     """
     from tqdm import tqdm
 
@@ -143,7 +145,7 @@ def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLi
     stack = contextlib.ExitStack()
     writer = stack.enter_context(BagWriter(bag, storage)) if bag is not None else None
     run = OfflineRun(bag=None if bag is None else str(bag))
-    worker = _BesideWorker(engine, result) if (beside and engine is not None) else None
+    worker = _BesideWorker(engine, result, nice) if (beside and engine is not None) else None
     t0 = time.perf_counter()
     first_ns = None
     total = src.n_frames if max_frames is None else min(src.n_frames, max_frames)

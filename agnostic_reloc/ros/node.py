@@ -102,7 +102,8 @@ class RelocNode(Node):
         self._kf_since_path = 0
 
         self.worker = EngineWorker(self.engine, self._publish_loops, self._publish_relocalization,
-                                   self._on_keyframe, self._on_worker_error, int(self.p["query_queue_size"]))
+                                   self._on_keyframe, self._on_worker_error, int(self.p["query_queue_size"]),
+                                   nice=int(self.p["nice"]))
         self._make_io()
         self.get_logger().info(f"ready: map has {len(self.engine.map)} keyframes, matcher "
                                f"{self.engine.conf['matcher']['name']}")

@@ -220,3 +220,23 @@ def test_engine_conf_tree_presets_and_flat_names():
     assert classic["matcher"]["name"] == "nn" and classic["retrieval"]["num_candidates"] == 3
     with pytest.raises(ValueError, match="unknown preset"):
         preset_conf("fast")
+
+
+def test_worker_threads_yield_to_tracking():
+    """The worker's threads run at a lower CPU priority (node parameter `nice`), so the SLAM's tracking on the
+    same cores goes first; an impossible value is refused."""
+    import os
+    import sys
+
+    engine = Engine({"device": "cpu"})
+    with pytest.raises(ValueError, match="nice"):
+        EngineWorker(engine, nice=25)
+    worker = EngineWorker(engine, nice=5)
+    try:
+        assert worker.wait_idle(timeout=10)
+        if sys.platform.startswith("linux"):  # per-thread priorities are a Linux feature
+            base = os.getpriority(os.PRIO_PROCESS, 0)
+            for t in worker._threads:
+                assert os.getpriority(os.PRIO_PROCESS, t.native_id) == min(19, base + 5)
+    finally:
+        worker.stop()
