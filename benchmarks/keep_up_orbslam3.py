@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fps", type=float, default=20.0, help="camera rate (ORB-SLAM3 needs >= 10 Hz on this world)")
     ap.add_argument("--frames", type=int, default=None, help="frames (default: the mixed profile's)")
+    ap.add_argument("--speed", type=float, default=1.0, help="play the frames at this fraction of their stamps' pace "
+                    "(0.5: a robot moving at half the speed: the same frames and keyframes over twice the time)")
     ap.add_argument("--threads", type=int, default=0, help="threads per engine stage; 0 = half the cores")
     ap.add_argument("--nice", type=int, default=NODE_DEFAULTS["nice"], help="the worker's lower priority (the node's "
                     "`nice`; 0: equal to tracking)")
@@ -51,16 +53,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bag = Path(tmp) / "world"
         info = make_bag(bag, args.seed, args.frames, "mixed", fps=args.fps)
-        alone = run_bridge(bag, Path(tmp) / "alone", with_engine=False, realtime=True)
-        beside = run_bridge(bag, Path(tmp) / "beside", engine_conf={"device": "cpu"}, beside=True, realtime=True,
+        alone = run_bridge(bag, Path(tmp) / "alone", with_engine=False, realtime=args.speed)
+        beside = run_bridge(bag, Path(tmp) / "beside", engine_conf={"device": "cpu"}, beside=True, realtime=args.speed,
                             nice=args.nice)
-    data_s = info["frames"] / args.fps
+    data_s = info["frames"] / args.fps / args.speed
     kf = sum(f.is_keyframe for f in beside.frames)
     t_alone, t_beside = tracking(alone), tracking(beside)
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads_per_stage": torch.get_num_threads(), "torch": torch.__version__},
-        "seed": args.seed, "fps": args.fps, "nice": args.nice, "frames": info["frames"], "data_s": round(data_s, 1),
+        "seed": args.seed, "fps": args.fps, "speed": args.speed, "nice": args.nice, "frames": info["frames"],
+        "data_s": round(data_s, 1),
         "orbslam3_alone": {"track_ms": t_alone, "wall_s": round(alone.wall_s, 1)},
         "orbslam3_beside_engine": {"track_ms": t_beside, "wall_s": round(beside.wall_s, 1)},
         "tracking_slowdown_p50": round(t_beside["p50"] / t_alone["p50"], 2),
@@ -71,11 +74,13 @@ def main() -> None:
         "queries_answered": len(beside.result.relocalizations),
     }
     lat = beside.worker["latency_ms"]
-    print(f"\n{info['frames']} frames at {args.fps:g} Hz ({data_s:.0f} s), {kf} keyframes ({report['keyframes_per_s']}/s)")
+    print(f"\n{info['frames']} frames at {args.fps:g} Hz x {args.speed:g} ({data_s:.0f} s), {kf} keyframes "
+          f"({report['keyframes_per_s']}/s)")
     print(f"ORB-SLAM3 tracking ms/frame p50 / p90: alone {t_alone['p50']} / {t_alone['p90']}, beside our engine "
           f"{t_beside['p50']} / {t_beside['p90']} (x{report['tracking_slowdown_p50']} at p50)")
     for stage, p in lat.items():
-        print(f"  worker {stage:10s} lag p50 {p['p50'] / 1e3:6.2f} s  p90 {p['p90'] / 1e3:6.2f}  max {p['max'] / 1e3:6.2f}")
+        print(f"  worker {stage:10s} lag p50 {p['p50'] / 1e3:6.2f} s  p90 {p['p90'] / 1e3:6.2f}  "
+              f"max {p['max'] / 1e3:6.2f}")
     print(f"  largest backlog {beside.worker['max_backlog']}, drained {beside.worker['drain_s']} s after the last "
           f"frame; loops {report['loops']}, relocalized {report['relocalized']} of {report['queries_answered']} "
           f"queries answered ({beside.worker['dropped_queries']} dropped as stale)")

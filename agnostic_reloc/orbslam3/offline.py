@@ -119,7 +119,7 @@ class _BesideWorker:
 def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLike, bridge_conf: dict | None = None,
                engine_conf: dict | None = None, with_engine: bool = True, bag: str | os.PathLike | None = None,
                storage: str = "sqlite3", max_frames: int | None = None, progress: bool = True,
-               beside: bool = False, realtime: bool = False, nice: int = 0) -> OfflineRun:
+               beside: bool = False, realtime: float = 0.0, nice: int = 0) -> OfflineRun:
     """Run ORB-SLAM3 over `source` through the bridge; optionally our engine in the loop and a contract bag.
 
     Args:
@@ -130,7 +130,8 @@ def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLi
         beside: run the engine in the node's two-thread worker beside tracking, as on a robot (keyframes and
             queries are handed over without waiting; a relocalization is answered when it arrives); default:
             each event is processed before the next frame is tracked (deterministic results).
-        realtime: track each frame no earlier than its stamp after the first (the camera's pace).
+        realtime: track each frame no earlier than its stamp after the first, divided by this (1: the camera's
+            pace; 0.5: a robot moving at half the speed; 0: as fast as possible).
         nice: with `beside`, the worker threads' lower CPU priority (the node's `nice`).
     """
     from tqdm import tqdm
@@ -156,7 +157,7 @@ def run_bridge(source: str | os.PathLike | FrameSource, out_dir: str | os.PathLi
                 break
             first_ns = fr.stamp_ns if first_ns is None else first_ns
             if realtime:
-                time.sleep(max(0.0, (fr.stamp_ns - first_ns) / 1e9 - (time.perf_counter() - t0)))
+                time.sleep(max(0.0, (fr.stamp_ns - first_ns) / 1e9 / realtime - (time.perf_counter() - t0)))
             if worker is not None:
                 for stamp_ns, T in worker.answers():
                     bridge.answer(stamp_ns, T)
