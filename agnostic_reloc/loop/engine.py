@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -102,6 +103,9 @@ OPTIONS: dict = {
         "early_accept": (True, "CPU: verify candidates one by one in retrieval order and stop at the first "
                          "accepted (saves most matching time; on CUDA all K are matched in one batch regardless)",
                          None),
+        "lookahead": (True, "CPU, with early_accept: while the keyframe stage is idle (the node's worker says so), "
+                      "match the next candidate beside the current one on the idle core (same loops; a check whose "
+                      "first candidates are refused finishes sooner)", None),
     },
     "verify": verify.OPTIONS,
     "loop": acceptance.OPTIONS,
@@ -210,7 +214,10 @@ class Engine:
         self.timing: dict[str, list[float]] = {}
         self._next_id = 0
         self._threads = torch.get_num_threads()  # intra-op threads of each stage (set before the engine is built)
-        self._query_pool: ThreadPoolExecutor | None = None  # matches a query's candidates side by side (CPU)
+        self._query_pool: ThreadPoolExecutor | None = None  # matches candidates side by side (CPU)
+        # is a second core free now? The worker sets it (its keyframe stage has nothing to do); see
+        # retrieval.lookahead. Default: never.
+        self.spare_core: Callable[[], bool] = lambda: False
         if len(self.map):
             self._rebuild_index()
 
@@ -413,8 +420,17 @@ class Engine:
             return []
         best: verify.Detection | None = None
         min_inliers = self.conf["loop"]["min_inliers"]
-        for group in self._groups(cands):
-            pairs = self.matcher.match(kf, group)
+        groups = self._groups(cands)
+        ahead: dict[int, np.ndarray] = {}  # candidate id -> its matches, computed beside the previous candidate's
+        for i, group in enumerate(groups):
+            if len(group) == 1 and group[0].id in ahead:
+                pairs = [ahead.pop(group[0].id)]
+            elif (len(group) == 1 and i + 1 < len(groups) and self.conf["retrieval"]["lookahead"]
+                  and self.spare_core()):
+                pairs = self._match_side_by_side(kf, [group[0], groups[i + 1][0]])
+                ahead[groups[i + 1][0].id] = pairs.pop()
+            else:
+                pairs = self.matcher.match(kf, group)
             t0 = self._tick("match", t0)
             for c, p in zip(group, pairs):
                 d = verify.verify_pair(kf, c, p, min_inliers, self.conf["verify"])
@@ -558,11 +574,12 @@ class Engine:
         return [cands[i:i + n] for i in range(0, len(cands), n)]
 
     def _match_side_by_side(self, q: Keyframe, group: list[Keyframe]) -> list[np.ndarray]:
-        """`matcher.match` of each candidate on its own thread (one round of `_query_groups`), or in one call."""
+        """`matcher.match` of each candidate on its own thread (one round of `_query_groups`, or a loop check's
+        lookahead), or in one call."""
         if len(group) < 2 or self.pipe.aliked.device.type == "cuda":
             return self.matcher.match(q, group)
         if self._query_pool is None:
-            self._query_pool = ThreadPoolExecutor(self.conf["reloc"]["parallel"], "agnostic_reloc-query")
+            self._query_pool = ThreadPoolExecutor(2, "agnostic_reloc-side")
 
         def one(c: Keyframe) -> np.ndarray:
             with intra_op_threads(self._threads):
