@@ -1,15 +1,15 @@
 """Does the engine keep up with the robot? Keyframes paced at 1, 2 and 5 per second through the node's worker.
 
-A two-lap world sequence (640x480, simulated ORB-SLAM3 keyframes with ~1000 ORB keypoints, kidnapped frames
-as relocalization queries) is fed to an `EngineWorker` exactly as the ROS node feeds it: keyframes are
-submitted at the paced rate (queries at their place in the stream) while the worker extracts, inserts and
-verifies in the background. Reported per rate: keyframe and loop-check lag (submit -> done, p50/p95/max), the
-largest keyframe backlog and how long the backlog takes to drain after the last keyframe; plus the non-paced
-real-time factor (all events as fast as possible through `runner.run`, as the replay tool drives the engine:
-wall time / data duration at 5 keyframes/s) with the loops and relocalizations it finds. Both drivers run the
-keyframe stage and the loop stage side by side, each with --threads intra-op threads. Also: a burst (5 keyframes/s for 5 s in the second lap of a 1 keyframe/s run: how soon the keyframe backlog is
-back at zero) and relocalization query latency (kidnap profile). Prints tables, writes keep_up.json and
-keep_up.png (backlog over time).
+A two-lap world sequence (640x480, simulated ORB-SLAM3 keyframes with ~1000 ORB keypoints) is fed to an
+`EngineWorker` exactly as the ROS node feeds it: keyframes are submitted at the paced rate (queries at their place
+in the stream) while the worker extracts, inserts and verifies in the background. Reported per rate: keyframe and
+loop-check lag (submit -> done, p50/p95/max), the largest keyframe backlog and how long the backlog takes to drain
+after the last keyframe; plus the non-paced real-time factor (all events as fast as possible through `runner.run`,
+as the replay tool drives the engine: wall time / data duration at 5 keyframes/s) with the loops and
+relocalizations it finds. Both drivers run the keyframe stage and the loop stage side by side, each with --threads
+intra-op threads. Also: a burst (5 keyframes/s for 5 s in the second lap of a 1 keyframe/s run: how soon the
+keyframe backlog is back at zero) and relocalization query latency (kidnap profile: one mapped lap, then kidnapped
+frames). Prints tables, writes keep_up.json and keep_up.png (backlog over time).
 
     .venv/bin/python benchmarks/keep_up.py --out benchmarks/results/keep_up [--rates 1 2 5] [--backend auto]
 """
@@ -110,7 +110,8 @@ def unpaced(engine_conf: dict, events: list, seq, kf_rate: float = 5.0, pipeline
     n_kf = sum(isinstance(e, KeyframeEvent) for e in events)
     m = evaluate(result, {f.stamp: f.T_world_cam for f in seq.frames})
     stages = {k: percentiles(v) for k, v in engine.timing.items()}
-    return {"pipelined": pipelined, "wall_s": round(wall, 1), "keyframes": n_kf, "data_s_at_rate": round(n_kf / kf_rate, 1),
+    return {"pipelined": pipelined, "wall_s": round(wall, 1), "keyframes": n_kf,
+            "data_s_at_rate": round(n_kf / kf_rate, 1),
             "realtime_factor": round(wall / (n_kf / kf_rate), 2), "loops": m["loops"]["n_loops"],
             "false_loops": m["loops"]["n_false"], "loop_recall": m["loops"]["recall"],
             "reloc_success": m["relocalization"].get("success_at", {}), "stage_ms": stages,
@@ -122,14 +123,14 @@ def queries(engine_conf: dict, seed: int = 1) -> dict:
     """Relocalization queries as the node answers them while the SLAM is lost: the world `kidnap` profile
     (640x480, one mapped lap, then kidnapped frames), each query after the keyframes before it. Latency per
     query (description + retrieval + matching + decision) and how many are placed within 0.5 m / 5 deg."""
-    seq = make_sequence(seed=seed, profile="kidnap", conf={"keep_depth": False, "camera": {"width": 640, "height": 480}},
-                        progress=True)
+    seq = make_sequence(seed=seed, profile="kidnap", progress=True,
+                        conf={"keep_depth": False, "camera": {"width": 640, "height": 480}})
     engine = Engine(engine_conf)
     result = run(engine, list(events_from_sequence(seq)), progress=True)
     ms = np.add(engine.timing["reloc_retrieve"], engine.timing["reloc_verify"])
     m = evaluate(result, {f.stamp: f.T_world_cam for f in seq.frames})["relocalization"]
-    return {"seed": seed, "queries": len(ms), "latency_ms": {"p50": float(np.percentile(ms, 50)),
-                                                            "p90": float(np.percentile(ms, 90)), "max": float(ms.max())},
+    latency = {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "max": float(ms.max())}
+    return {"seed": seed, "queries": len(ms), "latency_ms": latency,
             "success_at": m.get("success_at", {}),
             "stage_ms": {k: percentiles(engine.timing[k]) for k in ("reloc_retrieve", "reloc_verify")}}
 
@@ -200,9 +201,9 @@ def main() -> None:
           f"{report['burst']['lag_ms']}")
     if not args.skip_queries:
         report["queries"] = qr = queries(conf)
+        lat = qr["latency_ms"]
         print(f"\nrelocalization queries (kidnap, seed {qr['seed']}): {qr['queries']} queries, latency p50 "
-              f"{qr['latency_ms']['p50']:.0f} ms, p90 {qr['latency_ms']['p90']:.0f}, max {qr['latency_ms']['max']:.0f}; "
-              f"placed {qr['success_at']}")
+              f"{lat['p50']:.0f} ms, p90 {lat['p90']:.0f}, max {lat['max']:.0f}; placed {qr['success_at']}")
     print("\n| keyframes/s | keyframe lag p50 / p95 / max (s) | loop-check lag p50 / p95 / max (s) | max backlog "
           "| drain after last (s) |\n|---|---|---|---|---|")
     for r in report["paced"]:

@@ -247,7 +247,8 @@ class CompiledGraph:
 
     Thread-safe, and calls from several threads run side by side, each with `threads` threads: OpenVINO takes a
     compiled copy that no other call is using (compiling one more, ~0.1 s a graph, the first time more calls run
-    at once than copies exist; single calls ran ~7 % slower on one copy compiled for two streams); ONNX Runtime sessions take concurrent calls. Outputs are copies the caller owns.
+    at once than copies exist; single calls ran ~7 % slower on one copy compiled for two streams); ONNX Runtime
+    sessions take concurrent calls. Outputs are copies the caller owns.
     """
 
     def __init__(self, path: Path, backend: str, threads: int, precision: str = "f32") -> None:

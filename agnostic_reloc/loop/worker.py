@@ -30,7 +30,7 @@ ROLES = ("keyframes", "loops")  # the worker's threads (see the module docstring
 
 
 class EngineWorker:
-    """Bounded-latency driver of an `Engine` on a background thread."""
+    """Bounded-latency driver of an `Engine` on two background threads (see the module docstring)."""
 
     def __init__(self, engine: Engine, on_loops: Callable[[list[LoopClosure], Keyframe], None] | None = None,
                  on_relocalization: Callable[[Relocalization, QueryEvent], None] | None = None,

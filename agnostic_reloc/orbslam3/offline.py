@@ -73,8 +73,10 @@ class _BesideWorker:
         self.max_backlog = 0
         self.worker = EngineWorker(engine, on_loops=lambda loops, kf: result.loops.extend(loops),
                                    on_relocalization=self._relocalized, on_keyframe=self._keyframe,
-                                   on_error=lambda kind, text: result.rejected.append((float("nan"), f"{kind}: {text}")),
-                                   nice=nice)
+                                   on_error=self._failed, nice=nice)
+
+    def _failed(self, kind: str, text: str) -> None:
+        self.result.rejected.append((float("nan"), f"{kind}: {text}"))
 
     def _keyframe(self, kf, ev) -> None:
         self.result.keyframes[kf.id] = (kf.stamp, kf.T_map_cam)
