@@ -106,6 +106,9 @@ def test_replay_cli_map_in_and_out(demo, tmp_path, capsys):
     assert main(["replay", night, "--out", str(tmp_path / "x"), "--map-in", str(out / "classic" / MAP_FILE),
                  "--map-out", str(tmp_path / "no_folder" / "m.agrl")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["replay", night, "--out", str(tmp_path / "x"), "--map-in", str(out / "classic" / MAP_FILE),
+                 "--map-out", str(tmp_path)]) == 1  # an existing folder is no map file: refused, nothing written
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "x" / "results.json").exists()
 
     saved = tmp_path / "again.agrl"
     assert main(["replay", night, "--out", str(tmp_path / "night"), "--matcher", "nn", "--device", "cpu",
