@@ -293,12 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    if args.command in ENGINE_COMMANDS:
-        import torch
-
-        from .inference.backends import stage_threads
-
-        torch.set_num_threads(stage_threads(args.threads))
     from .weights import WeightsError
 
     if getattr(args, "ros", None) is not None:  # orbslam3-bridge --ros: the ROS 2 node (orbslam3/ is ROS-free)
@@ -306,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(node_main(["orbslam3_bridge", *args.ros]) or 0)
     try:
+        if args.command in ENGINE_COMMANDS:
+            import torch
+
+            from .inference.backends import stage_threads
+
+            torch.set_num_threads(stage_threads(args.threads))
         return args.func(args)
     except (UserError, ValueError, WeightsError, FileNotFoundError) as exc:
         if args.verbose:

@@ -104,6 +104,8 @@ def stage_threads(threads: int = 0) -> int:
     one). The keyframe stage and the loop stage run side by side (loop.worker, loop.runner), so together they use
     every core; one stage with all cores measured slower (2 cores: 199 + 317 ms a keyframe in turn vs 277 | 302
     ms side by side with one thread each)."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: half the cores), got {threads}")
     if threads:
         return int(threads)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)

@@ -214,6 +214,7 @@ class Engine:
         self.timing: dict[str, list[float]] = {}
         self._next_id = 0
         self._threads = torch.get_num_threads()  # intra-op threads of each stage (set before the engine is built)
+        self._on_cpu = self.pipe.aliked.device.type != "cuda"  # both modes run ALIKED (retrieval needs it)
         self._query_pool: ThreadPoolExecutor | None = None  # matches candidates side by side (CPU)
         # is a second core free now? The worker sets it (its keyframe stage has nothing to do); see
         # retrieval.lookahead. Default: never.
@@ -398,7 +399,7 @@ class Engine:
 
     def _groups(self, cands: list[Keyframe]) -> list[list[Keyframe]]:
         """Candidates in matching batches: one at a time with early acceptance on CPU, all at once otherwise."""
-        sequential = self.conf["retrieval"]["early_accept"] and self.pipe.aliked.device.type != "cuda"
+        sequential = self.conf["retrieval"]["early_accept"] and self._on_cpu
         return [[c] for c in cands] if sequential else [cands]
 
     # ---------------------------------------------------------------- loops
@@ -562,21 +563,20 @@ class Engine:
 
     def _query_threads(self) -> int:
         """Intra-op threads of a relocalization query's description (`reloc.parallel` x the stage's)."""
-        cpu = self.pipe.aliked is None or self.pipe.aliked.device.type != "cuda"
-        return self._threads * (self.conf["reloc"]["parallel"] if cpu else 1)
+        return self._threads * (self.conf["reloc"]["parallel"] if self._on_cpu else 1)
 
     def _query_groups(self, cands: list[Keyframe]) -> list[list[Keyframe]]:
         """A query's candidates in matching rounds: `reloc.parallel` at a time on CPU (early stop between
         rounds), else as loop checks group them."""
         n = self.conf["reloc"]["parallel"]
-        if n < 2 or self.pipe.aliked.device.type == "cuda" or not self.conf["retrieval"]["early_accept"]:
+        if n < 2 or not self._on_cpu or not self.conf["retrieval"]["early_accept"]:
             return self._groups(cands)
         return [cands[i:i + n] for i in range(0, len(cands), n)]
 
     def _match_side_by_side(self, q: Keyframe, group: list[Keyframe]) -> list[np.ndarray]:
         """`matcher.match` of each candidate on its own thread (one round of `_query_groups`, or a loop check's
         lookahead), or in one call."""
-        if len(group) < 2 or self.pipe.aliked.device.type == "cuda":
+        if len(group) < 2 or not self._on_cpu:
             return self.matcher.match(q, group)
         if self._query_pool is None:
             self._query_pool = ThreadPoolExecutor(2, "agnostic_reloc-side")

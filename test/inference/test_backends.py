@@ -219,3 +219,20 @@ def test_corrupt_cached_graph_is_rebuilt_with_one_log_line(torch_aliked, cache, 
     assert (rebuilt(images)[0] - aliked.dense_maps(images)[0]).abs().max() < 1e-4
     other_key = {**graph_key(f"{aliked.model.model_name}-dense", aliked.model, backend), "torch": "0.0"}
     assert check_graph_folder(folder, other_key).startswith("stale")
+
+
+def test_stage_threads_default_and_bad_value():
+    """Each engine stage gets half the usable cores by default, an explicit count as given, and a negative count
+    is a clear error (the node's `threads`, the CLI's --threads)."""
+    from agnostic_reloc.inference.backends import stage_threads
+
+    assert stage_threads(0) >= 1 and stage_threads(3) == 3
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        stage_threads(-1)
+
+
+def test_cli_refuses_negative_threads(capsys):
+    from agnostic_reloc.cli import main
+
+    assert main(["--threads", "-2", "replay", "no_such_bag", "--out", "unused"]) == 1
+    assert "threads must be >= 0" in capsys.readouterr().err
