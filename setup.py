@@ -10,6 +10,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=[package_name, f"{package_name}.*"]),
+    package_data={f"{package_name}.weights": ["*.pth", "*.json"]},  # shipped fine-tuned LightGlue weights
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
@@ -17,7 +18,7 @@ setup(
         (f"share/{package_name}/launch", glob("launch/*.py")),
     ],
     install_requires=["setuptools"],
-    zip_safe=True,
+    zip_safe=False,  # weights are read as files
     maintainer="agnostic_reloc maintainers",
     description="Detector-agnostic loop closure and relocalization for ORB-SLAM3 (ALIKED + LightGlue).",
     license="Apache-2.0",

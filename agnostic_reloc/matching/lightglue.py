@@ -20,7 +20,7 @@ from kornia.feature import LightGlue
 from ..conf import merge_conf
 from ..features.aliked import resolve_device
 from ..inference import LayerRunner
-from ..weights import WeightsError, load_state_dict, official_path
+from ..weights import WeightsError, load_state_dict, official_path, resolve_lightglue
 
 NEG = -1e4  # logit for padded/pruned entries (finite, so log-softmax never sees an all -inf row)
 
@@ -40,13 +40,17 @@ class PairMatches:
 
 
 def build_network(features: str = "aliked", weights: str | None = None) -> LightGlue:
-    """kornia LightGlue with official weights for `features`, or a fine-tuned state dict at `weights`."""
+    """kornia LightGlue with official weights for `features`, or fine-tuned ones.
+
+    weights: None / 'official', the name of shipped fine-tuned weights, or a state-dict file (`resolve_lightglue`).
+    """
     if features not in NETWORKS:
         raise ValueError(f"unknown LightGlue features '{features}'; choose from {sorted(NETWORKS)}")
     spec = NETWORKS[features]
     net = LightGlue(features=None, input_dim=spec["input_dim"], descriptor_dim=256, n_layers=9,
                     num_heads=4, flash=True, depth_confidence=0.95, width_confidence=0.99)
-    state = load_state_dict(weights) if weights else load_state_dict(official_path(spec["weights"]))
+    path = resolve_lightglue(weights)
+    state = load_state_dict(path) if path else load_state_dict(official_path(spec["weights"]))
     state = {k.replace("matcher.", "", 1) if k.startswith("matcher.") else k: v for k, v in state.items()}
     for i in range(net.conf.n_layers):  # old checkpoints name layers self_attn.i / cross_attn.i
         state = {k.replace(f"self_attn.{i}.", f"transformers.{i}.self_attn.")
@@ -137,7 +141,7 @@ class LightGlueMatcher:
 
     default_conf = {
         "features": "aliked",  # official network: aliked | disk (descriptor dim 128)
-        "weights": None,  # path to a fine-tuned LightGlue checkpoint (replaces the official weights)
+        "weights": None,  # None / 'official', shipped fine-tuned weights by name, or a checkpoint path
         "device": "auto",  # cpu | cuda | auto
         "half": True,  # float16 on CUDA (ignored on CPU)
         "depth_confidence": 0.95,  # adaptive depth: stop a pair when this share of points is confident; -1 off

@@ -51,13 +51,18 @@ def add_evaluate_parser(subparsers) -> None:
                    help="'official' or a checkpoint path; repeat to compare (default: official)")
     p.add_argument("--detectors", nargs="+", default=["orb-ss", "orb", "sift", "akaze", "gftt", "aliked", "disk"],
                    choices=DETECTORS)
-    p.add_argument("--pairs", type=int, default=20, help="hard homography pairs from the held-out photos")
+    p.add_argument("--pairs", type=int, default=100,
+                   help="homography pairs from the held-out photos (100: one pair moves an AUC by at most 1 point)")
     p.add_argument("--photos", default="holdout", choices=("holdout", "all"),
                    help="photos for the pairs: the held-out ones (default) or all")
-    p.add_argument("--world-pairs", type=int, default=0,
-                   help="also this many posed revisit pairs of a generated world sequence (pose AUC@5/10/20)")
+    p.add_argument("--world-pairs", type=int, default=40,
+                   help="also up to this many posed revisit pairs of a generated world sequence (pose AUC@5/10/20; "
+                        "0 = none)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of that world sequence")
-    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image of the other detectors")
+    p.add_argument("--deployed", nargs="*", default=["orb"], choices=DETECTORS,
+                   help="detectors evaluated as the node feeds ORB-SLAM3's keypoints (1000, no suppression, "
+                        "octave-aware sampling); give none to radius-NMS every detector")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="eval_matcher", help="output folder (results.json, auc.png)")
@@ -78,5 +83,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs = make_pairs(photos, args.pairs, seed=args.seed)
     posed = world_posed_pairs(args.world_pairs, args.world_seed) if args.world_pairs else None
     evaluate_matcher(args.weights or ["official"], args.detectors, pairs=pairs, posed=posed, out_dir=args.out,
-                     conf={"max_keypoints": args.max_keypoints, "device": args.device})
+                     conf={"max_keypoints": args.max_keypoints, "device": args.device, "deployed": args.deployed})
     return 0

@@ -2,12 +2,17 @@
 
 Every sample is a dict:
     image0, image1: RGB uint8 [H x W x 3]; image_size0, image_size1: [2] float (W, H)
-    keypoints0 [M x 2], keypoints1 [N x 2]: float32 pixels, after radius NMS (always on at training time)
+    keypoints0 [M x 2], keypoints1 [N x 2]: float32 pixels: radius-NMS'd, except for `deployed` detectors, which
+        come exactly as the engine takes the SLAM's keypoints (no suppression, octave-aware sampling)
     descriptors0 [M x D], descriptors1 [N x D]: float32, from the FROZEN ALIKED (no grad) at those keypoints
     gt_matches0 [M], gt_matches1 [N]: int64, index / -1 unmatched / -2 ignored (see `groundtruth`)
     detector: name of the detector (or "+"-joined ensemble), name: sample name
 Bad samples (unreadable image, missing depth, too few correspondences) come back as {"skipped": reason};
 `collate` drops and counts them, so a run never crashes on data.
+
+Cached features: ALIKED is frozen, so with `resample_each_epoch: false` and `cache: disk` every pair is detected,
+described and labelled once and then read back for every epoch (images are not kept in the cache). The cache
+files are named by a fingerprint of the dataset's whole config, so a changed config never reads stale features.
 
 Datasets: `HomographyDataset` (photos + synthetic homographies, `homography_pairs`), `MegaDepthDataset`
 (LoFTR / glue-factory layout), `WorldDataset` (posed sequences of `agnostic_reloc.world`, imported lazily).
@@ -43,9 +48,11 @@ default_keypoint_conf = {
     "detectors": ["orb-ss", "orb", "sift", "gftt", "aliked", "disk"],  # names (or {name: weight}) to draw from
     "mode": "per_sample",  # per_sample: one detector per pair (both images); ensemble: union of all, then NMS
     "max_keypoints": 512,  # keypoints per image after NMS (strongest first)
-    "nms_radius": 3.0,  # radius NMS across octaves (px); must be > 0: nearby keypoints are always removed
+    "nms_radius": 3.0,  # radius NMS across octaves (px) of the non-deployed detectors; must be > 0
+    "deployed": [],  # detectors fed as the engine feeds the SLAM's keypoints: no NMS, octave-aware sampling
+    "deployed_max_keypoints": 1000,  # keypoints per image of a deployed detector (ORB-SLAM3's nFeatures)
     "aliked_model": "aliked-n16",  # frozen descriptor network (must match the LightGlue weights' features)
-    "sampling": "full",  # ALIKED sampling at keypoints: full | octave (see features.aliked)
+    "sampling": "full",  # ALIKED sampling at the non-deployed detectors' keypoints: full | octave
     "device": "cpu",  # device of ALIKED / DISK / ALIKED-detector when computing features
 }
 
@@ -58,6 +65,7 @@ default_data_conf = {
     "resample_each_epoch": True,  # new augmentation / detector draw every epoch (disables caching)
     "cache": "none",  # none | memory | disk: keep computed samples (only when resample_each_epoch is False)
     "cache_dir": None,  # folder for cache: disk
+    "octave_tol": groundtruth.default_conf["octave_tol"],  # multi-scale labels: octave slack (levels; None = off)
 }
 
 
@@ -91,8 +99,12 @@ class KeypointSampler:
             raise ValueError(f"keypoints.mode must be per_sample or ensemble, got {self.conf['mode']!r}")
         if not self.conf["nms_radius"] > 0:
             raise ValueError("keypoints.nms_radius must be > 0: nearby keypoints are always removed for training")
-        if int(self.conf["max_keypoints"]) <= 0:
-            raise ValueError(f"keypoints.max_keypoints must be positive, got {self.conf['max_keypoints']}")
+        for key in ("max_keypoints", "deployed_max_keypoints"):
+            if int(self.conf[key]) <= 0:
+                raise ValueError(f"keypoints.{key} must be positive, got {self.conf[key]}")
+        unknown = [d for d in self.conf["deployed"] if d not in DETECTORS]
+        if unknown:
+            raise ValueError(f"keypoints.deployed names unknown detectors {unknown}; known: {', '.join(DETECTORS)}")
         self._aliked = None
 
     @property
@@ -109,8 +121,16 @@ class KeypointSampler:
             return [n for n, w in zip(self.names, self.weights) if w > 0]
         return [self.names[int(rng.choice(len(self.names), p=self.weights))]]
 
+    def deployed(self, detectors: list[str]) -> bool:
+        """True if these detectors' keypoints go in as the engine takes the SLAM's (no NMS, octave sampling)."""
+        return all(d in self.conf["deployed"] for d in detectors)
+
     def keypoints(self, image: np.ndarray, detectors: list[str], given: Keypoints | None = None) -> Keypoints:
-        """Detect with each detector, merge, radius-NMS, keep the strongest max_keypoints."""
+        """Detect with each detector, merge, radius-NMS (not for deployed ones), keep the strongest."""
+        if self.deployed(detectors):
+            k = int(self.conf["deployed_max_keypoints"])
+            parts = [detect(image, name, k, device=self.conf["device"]) for name in detectors]
+            return Keypoints.concat(parts) if len(parts) > 1 else parts[0]
         k = int(self.conf["max_keypoints"])
         parts = []
         for name in detectors:
@@ -128,11 +148,23 @@ class KeypointSampler:
         keep = suppress(kpts, "radius", radius=float(self.conf["nms_radius"]), max_keypoints=k)
         return kpts.subset(keep)
 
-    def describe(self, images: list[np.ndarray], kpts: list[Keypoints]) -> list[torch.Tensor]:
-        """Frozen ALIKED descriptors [N_i x D] (float32, CPU, ordinary tensors usable in autograd graphs)."""
+    def describe(self, images: list[np.ndarray], kpts: list[Keypoints],
+                 detectors: list[str] | None = None) -> list[torch.Tensor]:
+        """Frozen ALIKED descriptors [N_i x D] (float32, CPU, ordinary tensors usable in autograd graphs).
+
+        Keypoints of deployed `detectors` are sampled octave-aware (as the engine does), others by `sampling`.
+        """
+        sampling = "octave" if detectors and self.deployed(detectors) else self.conf["sampling"]
         with torch.no_grad():
-            descs = self.aliked.describe(images, kpts)
+            descs = self.aliked.describe(images, kpts, sampling=sampling)
         return [d.detach().cpu().float().clone() for d in descs]
+
+
+def _levels(k0: Keypoints, k1: Keypoints, detectors: list[str]) -> tuple | None:
+    """(octave0, octave1, scale_factor) for octave-aware labels, when both sets come from one pyramid detector."""
+    if len(detectors) != 1 or k0.scale_factor != k1.scale_factor or k0.scale_factor <= 1.0:
+        return None
+    return k0.octave, k1.octave, float(k0.scale_factor)
 
 
 def _finish(image0, image1, k0: Keypoints, k1: Keypoints, desc, gt, detector: str, name: str,
@@ -190,19 +222,25 @@ class PairDataset(torch.utils.data.Dataset):
                 return self._memory[index]
             path = Path(self.conf["cache_dir"] or ".") / f"{self.fingerprint}_{index:07d}.pt"
             if self.conf["cache"] == "disk" and path.is_file():
-                return torch.load(path, weights_only=False)
+                try:
+                    return torch.load(path, weights_only=False)
+                except Exception as exc:  # a half-written or corrupt file: compute the sample again
+                    logger.warning("cache file %s unreadable (%s); recomputing it", path, type(exc).__name__)
         try:
             sample = self.load(index)
-        except SkipSample as exc:
-            return self._skip("skip", str(exc))
+        except SkipSample as exc:  # a property of the pair: cached like a sample, so it is not recomputed
+            sample = self._skip("skip", str(exc))
         except (OSError, ValueError, KeyError, IndexError, cv2.error, RuntimeError) as exc:
             return self._skip(type(exc).__name__, f"sample {index}: {type(exc).__name__}: {exc}")
-        if self._caching():
+        if self._caching():  # features and labels only: training never looks at the images
+            sample = {k: v for k, v in sample.items() if k not in ("image0", "image1")}
             if self.conf["cache"] == "memory":
                 self._memory[index] = sample
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(sample, path)
+                tmp = path.with_suffix(".tmp")
+                torch.save(sample, tmp)
+                tmp.replace(path)  # atomic: an interrupted run never leaves a half-written sample
         return sample
 
     def _skip(self, kind: str, reason: str) -> dict:
@@ -221,11 +259,12 @@ class PairDataset(torch.utils.data.Dataset):
         k0 = self.sampler.keypoints(image0, dets, given[0])
         k1 = self.sampler.keypoints(image1, dets, given[1])
         gt = groundtruth.matches_from_depth(k0.xy, k1.xy, depth0, depth1, K0, K1, T_0to1, self.conf["match_px"],
-                                            self.conf["unmatched_px"], self.conf["depth_rel_tol"])
+                                            self.conf["unmatched_px"], self.conf["depth_rel_tol"],
+                                            _levels(k0, k1, dets), self.conf["octave_tol"])
         n_ok = int((gt[0] >= 0).sum())
         if n_ok < self.conf["min_matches"]:  # check before paying for descriptors
             raise SkipSample(f"{name}: only {n_ok} ground-truth matches (< {self.conf['min_matches']})")
-        desc = self.sampler.describe([image0, image1], [k0, k1])
+        desc = self.sampler.describe([image0, image1], [k0, k1], dets)
         extra = {"K0": torch.from_numpy(np.asarray(K0, np.float32)), "K1": torch.from_numpy(np.asarray(K1, np.float32)),
                  "T_0to1": torch.from_numpy(np.asarray(T_0to1, np.float32))}
         return _finish(image0, image1, k0, k1, desc, gt, "+".join(dets), name, self.conf["min_matches"], extra)
@@ -283,10 +322,11 @@ class HomographyDataset(PairDataset):
         k0 = self.sampler.keypoints(pair.image0, dets)
         k1 = self.sampler.keypoints(pair.image1, dets)
         gt = groundtruth.matches_from_homography(k0.xy, k1.xy, pair.H_0to1, self.conf["match_px"],
-                                                 self.conf["unmatched_px"])
+                                                 self.conf["unmatched_px"], _levels(k0, k1, dets),
+                                                 self.conf["octave_tol"])
         if int((gt[0] >= 0).sum()) < self.conf["min_matches"]:
             raise SkipSample(f"{pair.name}: only {int((gt[0] >= 0).sum())} ground-truth matches")
-        desc = self.sampler.describe([pair.image0, pair.image1], [k0, k1])
+        desc = self.sampler.describe([pair.image0, pair.image1], [k0, k1], dets)
         return _finish(pair.image0, pair.image1, k0, k1, desc, gt, "+".join(dets), pair.name,
                        self.conf["min_matches"], {"H_0to1": torch.from_numpy(pair.H_0to1.astype(np.float32))})
 
@@ -383,15 +423,20 @@ class WorldDataset(PairDataset):
     """Frame pairs of generated world sequences (`agnostic_reloc.world.make_sequence`, imported lazily).
 
     Each sequence frame needs image, depth (z, inf/0 = none), T_world_cam (4x4) and optionally keypoints
-    (use the detector name 'sequence' to train on them); the sequence holds K.
+    (use the detector name 'sequence' to train on them); the sequence holds K. Pairs are either nearby frames
+    (`pairs: gaps`) or revisits (`pairs: revisits`: every later-lap keyframe with every earlier-lap keyframe within
+    the distance and angle limits: the loop-closure case, other viewpoint and lighting).
     """
 
     extra_defaults = {
         "seeds": [0],  # one sequence per seed
         "profile": "loop",  # trajectory profile passed to make_sequence: loop | kidnap | mixed
         "world": None,  # make_sequence conf overrides, e.g. {camera: {width: 320, height: 240, f: 250}}
-        "n_frames": 20,  # frames per sequence
-        "frame_gaps": [1, 5],  # pairs (a, a + g) for g in this inclusive range
+        "n_frames": 20,  # frames per sequence (None: the profile's own length)
+        "pairs": "gaps",  # gaps: frames (a, a + g); revisits: later-lap keyframe with earlier-lap keyframe
+        "frame_gaps": [1, 5],  # pairs: gaps: g in this inclusive range
+        "revisit_max_dist": 1.5,  # pairs: revisits: camera centres at most this far apart (m)
+        "revisit_max_angle": 30.0,  # pairs: revisits: relative rotation at most this (deg)
         "max_pairs": 500,  # at most this many pairs (drawn with `seed`)
     }
 
@@ -402,18 +447,44 @@ class WorldDataset(PairDataset):
         except ImportError as exc:
             raise ImportError(f"WorldDataset needs agnostic_reloc.world.make_sequence ({exc})") from exc
         self.sequences = []
+        n_frames = None if self.conf["n_frames"] is None else int(self.conf["n_frames"])
         for seed in self.conf["seeds"]:
-            self.sequences.append(make_sequence(seed=int(seed), profile=self.conf["profile"],
-                                                n_frames=int(self.conf["n_frames"]), conf=self.conf["world"],
-                                                progress=False))
-        lo, hi = self.conf["frame_gaps"]
-        self.items = [(s, a, a + g) for s, seq in enumerate(self.sequences) for g in range(int(lo), int(hi) + 1)
-                      for a in range(len(seq.frames) - g)]
+            self.sequences.append(make_sequence(seed=int(seed), profile=self.conf["profile"], n_frames=n_frames,
+                                                conf=self.conf["world"], progress=False))
+        if self.conf["pairs"] == "gaps":
+            lo, hi = self.conf["frame_gaps"]
+            self.items = [(s, a, a + g) for s, seq in enumerate(self.sequences) for g in range(int(lo), int(hi) + 1)
+                          for a in range(len(seq.frames) - g)]
+        elif self.conf["pairs"] == "revisits":
+            self.items = [(s, a, b) for s, seq in enumerate(self.sequences) for a, b in self._revisits(seq)]
+        else:
+            raise ValueError(f"world pairs must be gaps or revisits, got {self.conf['pairs']!r}")
         if len(self.items) > self.conf["max_pairs"]:
             rng = np.random.default_rng(int(self.conf["seed"]))
             self.items = [self.items[k] for k in np.sort(rng.choice(len(self.items), self.conf["max_pairs"], False))]
         if not self.items:
-            raise ValueError("world sequences gave no frame pair; check n_frames and frame_gaps")
+            raise ValueError("world sequences gave no frame pair; check n_frames, frame_gaps / revisit limits")
+        used = {(s, i) for s, a, b in self.items for i in (a, b)}
+        for s, seq in enumerate(self.sequences):  # frames no pair uses: drop their images and depth (memory)
+            for i, f in enumerate(seq.frames):
+                if (s, i) not in used:
+                    f.image, f.depth, f.plane_id = None, None, None
+
+    def _revisits(self, seq) -> list[tuple[int, int]]:
+        """(earlier-lap keyframe, later-lap keyframe) index pairs within the revisit limits."""
+        from ..geometry import rotation_angle_deg
+
+        kfs = [f for f in seq.keyframes() if not f.kidnapped]
+        out = []
+        for f in kfs:
+            for g in kfs:
+                if g.lap >= f.lap:
+                    continue
+                d = float(np.linalg.norm(f.T_world_cam[:3, 3] - g.T_world_cam[:3, 3]))
+                a = rotation_angle_deg(g.T_world_cam[:3, :3].T @ f.T_world_cam[:3, :3])
+                if d <= self.conf["revisit_max_dist"] and a <= self.conf["revisit_max_angle"]:
+                    out.append((g.index, f.index))
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -433,6 +504,22 @@ class WorldDataset(PairDataset):
 
         return self.posed_sample(index, f0.image, f1.image, np.asarray(f0.depth), np.asarray(f1.depth), K, K, T_0to1,
                                  f"world{s}_{a}_{b}", (given(f0), given(f1)))
+
+
+class MixedDataset(torch.utils.data.ConcatDataset):
+    """Several pair datasets as one (e.g. homography pairs of photos + world revisits), one keypoint conf."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            d.set_epoch(epoch)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.datasets:
+            for k, v in d.skipped.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
 
 def collate(samples: list[dict]) -> dict | None:
@@ -462,19 +549,28 @@ def collate(samples: list[dict]) -> dict | None:
                                                                s["gt_matches" + side], True)
         out.update({"keypoints" + side: kp, "descriptors" + side: desc, "gt_matches" + side: gt, "mask" + side: mask,
                     "image_size" + side: torch.stack([s["image_size" + side] for s in good]),
-                    "image" + side: [s["image" + side] for s in good]})
+                    "image" + side: [s.get("image" + side) for s in good]})
     out["detector"] = [s["detector"] for s in good]
     out["name"] = [s["name"] for s in good]
     return out
 
 
 def build_dataset(conf: dict, photos: list | None = None) -> PairDataset:
-    """Dataset from the trainer's `data` conf: {name: homography|megadepth|world, keypoints: {...}, ...}."""
+    """Dataset from the trainer's `data` conf: {name: homography|megadepth|world|mixed, keypoints: {...}, ...}.
+
+    mixed: {name: mixed, parts: [{name: homography, ...}, {name: world, ...}], keypoints: {...}, <shared keys>}:
+    every part gets the shared keys (cache, seed, ...) and the keypoint conf, its own keys win.
+    """
     conf = dict(conf)
     name = conf.pop("name", "homography")
     kconf = conf.pop("keypoints", None)
     for key in ("batch_size", "num_workers"):
         conf.pop(key, None)
+    if name == "mixed":
+        parts = conf.pop("parts", None)
+        if not parts:
+            raise ValueError("data.name mixed needs data.parts: a list of dataset confs")
+        return MixedDataset([build_dataset({**conf, **part, "keypoints": kconf}, photos) for part in parts])
     if name == "homography":
         listed = conf.pop("photos", None)  # optional: folders or files of photos (default: list_photos())
         if photos is None and listed:
@@ -493,4 +589,4 @@ def build_dataset(conf: dict, photos: list | None = None) -> PairDataset:
         return MegaDepthDataset(root, info, conf, kconf)
     if name == "world":
         return WorldDataset(conf, kconf)
-    raise ValueError(f"unknown data.name {name!r}; choose homography, megadepth or world")
+    raise ValueError(f"unknown data.name {name!r}; choose homography, megadepth, world or mixed")

@@ -1,9 +1,12 @@
 """Zero-shot evaluation of LightGlue weights per detector: official vs fine-tuned, side by side.
 
-For every detector (including detectors left out of training) keypoints are detected, radius-NMS'd and described
-by the frozen ALIKED once; every set of weights then matches the same features. Homography pairs give AUC@3/5/10
-px of the corner error (RANSAC homography); posed pairs give AUC@5/10/20 deg of max(rotation, translation-angle)
-error (RANSAC essential matrix). Writes a table (stdout), results.json and a grouped bar plot (PNG).
+For every detector (including detectors left out of training) keypoints are detected and described by the frozen
+ALIKED once; every set of weights then matches the same features. By default the multi-scale ORB detector goes in
+as the node feeds ORB-SLAM3's keypoints to LightGlue (the deployed pipeline: 1000 keypoints, no suppression,
+octave-aware sampling, the engine's filter threshold); the other detectors are radius-NMS'd as at training time.
+Homography pairs give AUC@3/5/10 px of the corner error (RANSAC homography); posed pairs give AUC@5/10/20 deg of
+max(rotation, translation-angle) error (RANSAC essential matrix). Writes a table (stdout), results.json and a
+grouped bar plot (PNG).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ H_THRESHOLDS = (3, 5, 10)  # px
 POSE_THRESHOLDS = (5, 10, 20)  # degrees
 
 default_conf = {
-    "max_keypoints": 1024,  # keypoints per image after NMS
-    "nms_radius": 3.0,  # radius NMS (px), as at training time
-    "sampling": "full",  # ALIKED sampling at keypoints (full | octave)
+    "max_keypoints": 1024,  # keypoints per image after NMS (non-deployed detectors)
+    "nms_radius": 3.0,  # radius NMS (px), as at training time (non-deployed detectors)
+    "sampling": "full",  # ALIKED sampling at the non-deployed detectors' keypoints (full | octave)
+    "deployed": ["orb"],  # detectors evaluated as the engine takes the SLAM's keypoints (no NMS, octave sampling)
+    "deployed_max_keypoints": 1000,  # keypoints per image of a deployed detector (ORB-SLAM3's nFeatures)
     "device": "auto",  # cpu | cuda | auto
     "ransac_px": 3.0,  # homography RANSAC threshold (px)
     "essential_px": 1.5,  # essential-matrix RANSAC threshold (px)
@@ -103,14 +108,16 @@ def evaluate_matcher(weights_list: list[str], detectors: list[str], pairs: list 
     sets = [("homography", pairs or []), ("pose", posed or [])]
     for det in detectors:
         sampler = KeypointSampler({"detectors": [det], "max_keypoints": conf["max_keypoints"],
-                                   "nms_radius": conf["nms_radius"], "sampling": conf["sampling"], "device": device})
+                                   "nms_radius": conf["nms_radius"], "sampling": conf["sampling"], "device": device,
+                                   "deployed": conf["deployed"],
+                                   "deployed_max_keypoints": conf["deployed_max_keypoints"]})
         errors = {n: {"homography": [], "pose": []} for n in names}
         for kind, items in sets:
             for item in tqdm(items, desc=f"eval {det} {kind}", leave=False):
                 get = (lambda k: item[k]) if isinstance(item, dict) else (lambda k: getattr(item, k))
                 im0, im1 = get("image0"), get("image1")
                 k0, k1 = sampler.keypoints(im0, [det]), sampler.keypoints(im1, [det])
-                d0, d1 = sampler.describe([im0, im1], [k0, k1])
+                d0, d1 = sampler.describe([im0, im1], [k0, k1], [det])
                 f0 = {"keypoints": k0.xy, "descriptors": d0, "image_size": (im0.shape[1], im0.shape[0])}
                 f1 = {"keypoints": k1.xy, "descriptors": d1, "image_size": (im1.shape[1], im1.shape[0])}
                 for n, matcher in matchers.items():

@@ -73,6 +73,34 @@ def test_groundtruth_depth_exact():
     assert gt0.tolist() == [-1, -1, -2, -1, -1]
 
 
+def test_octave_labels_pair_compatible_levels_and_ignore_the_rest():
+    # The same three corners found at pyramid levels 0..3 in both images, as ORB-SLAM3 gives them (no suppression);
+    # image1 is image0 magnified 1.44x = two levels of 1.2, so a level-o keypoint of image0 is level o+2 there.
+    # Each level sits 0.25 px further right: by position alone the nearest neighbours pair level o with o or o+1.
+    H = np.diag([1.44, 1.44, 1.0])
+    corners = np.array([[50.0, 60], [120, 80], [90, 140]])
+    octave = np.tile(np.arange(4), 3)
+    shift = np.c_[0.25 * octave, np.zeros(len(octave))]
+    k0 = np.repeat(corners, 4, axis=0) + shift
+    k1 = np.repeat(corners * 1.44, 4, axis=0) + shift
+    assert np.allclose(groundtruth.homography_scale(H, k0), 1.44)
+
+    def compatible(gt0):
+        i = np.flatnonzero(gt0 >= 0)
+        predicted = np.clip(octave[i] + 2, 0, 3)
+        return np.abs(octave[gt0[i]] - predicted) <= 1
+
+    plain, _ = groundtruth.matches_from_homography(k0, k1, H, 3, 5)
+    assert not compatible(plain).all()  # position-only labels pair incompatible levels
+    gt0, gt1 = groundtruth.matches_from_homography(k0, k1, H, 3, 5, levels=(octave, octave, 1.2), octave_tol=1.0)
+    assert (gt0 >= 0).sum() >= 3 and compatible(gt0).all()
+    assert (gt0 != groundtruth.UNMATCHED).all() and (gt1 != groundtruth.UNMATCHED).all()  # never a negative here
+    assert ((gt0 >= 0) | (gt0 == groundtruth.IGNORE)).all()
+    # single-scale keypoints (scale factor 1) are labelled by position only
+    same, _ = groundtruth.matches_from_homography(k0, k1, H, 3, 5, levels=(octave, octave, 1.0))
+    assert same.tolist() == plain.tolist()
+
+
 # ----------------------------------------------------------------------------- forward + loss
 def test_padded_forward_matches_unpadded_and_loss_is_finite():
     from agnostic_reloc.matching.lightglue import build_network
@@ -120,6 +148,59 @@ def test_bad_sample_is_skipped_and_counted(photos, tmp_path):
     batch = collate([out, good, ds[1]])
     assert batch["n_skipped"] == 2 and batch["mask0"].shape == (1, 3)
     assert collate([out])["empty"]
+
+
+def test_cached_features_round_trip_and_invalidate(photos, tmp_path, caplog):
+    from agnostic_reloc.train.data import HomographyDataset
+
+    conf = {"n_pairs": 2, "holdout": [], "min_matches": 8, "resample_each_epoch": False, "cache": "disk",
+            "cache_dir": str(tmp_path), "homography": {"size": [256, 192], "difficulty_range": [0.0, 0.3]}}
+    kp = {"detectors": ["orb"], "deployed": ["orb"], "deployed_max_keypoints": 300, "device": "cpu"}
+    first = HomographyDataset(photos[:2], conf, kp)
+    samples = [first[i] for i in range(2)]
+    assert all("skipped" not in s for s in samples)
+    files = sorted(tmp_path.glob("*.pt"))
+    assert len(files) == 2 and all(f.name.startswith(first.fingerprint) for f in files)
+    stored = torch.load(files[0], weights_only=False)
+    assert "image0" not in stored and stored["detector"] == "orb"  # features and labels only
+    xy = stored["keypoints0"].numpy()  # deployed: ORB-SLAM3's keypoints as they come, nearby ones included
+    gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
+    assert gaps.min() < 3.0
+
+    again = HomographyDataset(photos[:2], conf, kp)
+    again.load = None  # a cache hit must not compute anything
+    for a, b in zip(samples, (again[0], again[1])):
+        for key in ("keypoints0", "descriptors1", "gt_matches0", "gt_matches1"):
+            assert torch.equal(a[key], b[key])
+
+    changed = HomographyDataset(photos[:2], {**conf, "octave_tol": None}, kp)  # another label rule
+    assert changed.fingerprint != first.fingerprint
+    changed[0]
+    assert len(list(tmp_path.glob("*.pt"))) == 3  # recomputed under its own name; the old files are untouched
+
+    files[0].write_bytes(b"half a file")
+    with caplog.at_level("WARNING", logger="agnostic_reloc.train"):
+        redone = HomographyDataset(photos[:2], conf, kp)[int(files[0].stem.split("_")[-1])]
+    assert "unreadable" in caplog.text and torch.equal(redone["descriptors0"], stored["descriptors0"])
+    assert torch.load(files[0], weights_only=False)["name"] == stored["name"]  # rewritten whole
+
+
+def test_mixed_data_with_world_revisits(photos):
+    from agnostic_reloc.train.data import MixedDataset, build_dataset
+
+    ds = build_dataset({"name": "mixed", "min_matches": 4, "parts": [
+        {"name": "homography", "n_pairs": 2, "homography": {"size": [256, 192]}},
+        {"name": "world", "pairs": "revisits", "n_frames": 40, "max_pairs": 3,
+         "world": {"camera": {"width": 160, "height": 120, "f": 100}}}],
+        "keypoints": {**SMALL_KPTS, "detectors": ["orb"], "deployed": ["orb"]}}, photos)
+    assert isinstance(ds, MixedDataset) and len(ds) == 2 + len(ds.datasets[1])
+    world = ds.datasets[1]
+    seq = world.sequences[0]
+    assert world.items and all(seq.frames[a].lap < seq.frames[b].lap for _, a, b in world.items)
+    ds.set_epoch(1)
+    assert all(d.epoch == 1 for d in ds.datasets)
+    s = ds[2]
+    assert "skipped" in s or (s["gt_matches0"] >= 0).sum() >= 4
 
 
 def test_holdout_split(photos):
@@ -220,6 +301,32 @@ def test_export_loads_in_matcher(trained, tmp_path):
     trained_w = res["model"].state_dict()["log_assignment.8.final_proj.weight"]
     torch.testing.assert_close(matcher.net.state_dict()["log_assignment.8.final_proj.weight"], trained_w,
                                atol=2e-3, rtol=2e-3)
+
+
+def test_weights_resolve_by_shipped_name_and_corruption_is_refused(trained, tmp_path, monkeypatch):
+    from agnostic_reloc import weights
+    from agnostic_reloc.matching.lightglue import build_network
+    from agnostic_reloc.train.trainer import export_weights
+
+    out, _ = trained
+    folder = tmp_path / "shipped"
+    path, digest = export_weights(out / "checkpoint_last.pth", folder / "mine.pth")
+    (folder / "mine.json").write_text(json.dumps({"sha256": digest, "features": "aliked"}))
+    monkeypatch.setattr(weights, "SHIPPED_DIR", folder)
+    monkeypatch.setattr(weights, "_verified", set())
+    assert weights.shipped_names() == ["mine"] and weights.resolve_lightglue("mine") == path
+    assert weights.resolve_lightglue("official") is None and weights.resolve_lightglue(None) is None
+    build_network("aliked", "mine")
+    with pytest.raises(weights.WeightsError, match="no shipped LightGlue weights named 'other'.*mine"):
+        weights.resolve_lightglue("other")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    weights._verified.clear()
+    with pytest.raises(weights.WeightsError, match="corrupt"):
+        build_network("aliked", "mine")
+    with pytest.raises(weights.WeightsError, match="corrupt"):  # by path: checked against <file>.sha256
+        weights.resolve_lightglue(str(path))
 
 
 def test_resume_then_nan_stops_with_last_good_checkpoint(trained, photos, monkeypatch):

