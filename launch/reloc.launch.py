@@ -1,9 +1,12 @@
 """Start reloc_node with config/reloc.yaml, and RViz with config/reloc.rviz on request.
 
     ros2 launch agnostic_reloc reloc.launch.py [config:=FILE] [device:=cuda] [weights:=FILE]
-        [map_path:=FILE] [namespace:=NS] [rviz:=true]
+        [map_path:=FILE] [namespace:=NS] [rviz:=true] [<role>_topic:=/your/topic ...]
 
-Empty device/weights/map_path keep the values of the config file. rviz:=true starts `rviz2 -d
+Empty device/weights/map_path keep the values of the config file. `<role>_topic` remaps an input of the message
+contract onto your ORB-SLAM3 wrapper's topic, one argument per role of `agnostic_reloc.io.contract.INPUT_TOPICS`
+(keyframe_keypoints_topic, keyframe_pose_topic, image_topic, camera_info_topic, frame_keypoints_topic,
+tracking_state_topic; empty = the contract's name). rviz:=true starts `rviz2 -d
 <share>/config/reloc.rviz` where rviz2 is installed, else logs that it is not and how to get it.
 
 `launch` and `launch_ros` are imported inside the functions that use them, so `rviz_action` can be
@@ -14,6 +17,17 @@ import os
 import shutil
 
 from ament_index_python.packages import get_package_share_directory
+
+# Contract inputs a launch argument can remap (the node's private ~/query/image is remapped like any ROS name).
+REMAPPABLE = {
+    "keyframe_keypoints": "/orb_slam3/keyframe/keypoints",
+    "keyframe_pose": "/orb_slam3/keyframe/pose",
+    "image": "/camera/image_raw",
+    "camera_info": "/camera/camera_info",
+    "frame_keypoints": "/orb_slam3/frame/keypoints",
+    "tracking_state": "/orb_slam3/tracking_state",
+}
+_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_/~")
 
 RVIZ_INSTALL_HINT = ("sudo apt install ros-$ROS_DISTRO-rviz2 on this machine, or run `rviz2 -d {config}` on "
                      "another machine on the same ROS_DOMAIN_ID")
@@ -37,6 +51,25 @@ def rviz_action(wanted: str, config: str, which=None) -> tuple[list[str] | None,
     return [exe, "-d", config], None
 
 
+def topic_remappings(values: dict[str, str]) -> list[tuple[str, str]]:
+    """(contract topic, your topic) pairs from the `<role>_topic` launch arguments (role -> value; empty = keep).
+
+    ValueError naming the argument for an unknown role or a value that is not a ROS topic name.
+    """
+    out = []
+    for role, topic in values.items():
+        if role not in REMAPPABLE:
+            raise ValueError(f"{role}_topic: unknown contract input; remappable: "
+                             + ", ".join(f"{r}_topic" for r in REMAPPABLE))
+        topic = str(topic).strip()
+        if not topic or topic == REMAPPABLE[role]:
+            continue
+        if not set(topic) <= _TOPIC_CHARS or topic[0].isdigit() or "//" in topic or topic.endswith("/"):
+            raise ValueError(f"{role}_topic:={topic} is not a valid ROS topic name")
+        out.append((REMAPPABLE[role], topic))
+    return out
+
+
 def _node(context, *args, **kwargs):
     from launch.actions import ExecuteProcess, LogInfo
     from launch.substitutions import LaunchConfiguration
@@ -47,9 +80,12 @@ def _node(context, *args, **kwargs):
     for arg, param in (("device", "engine.device"), ("weights", "engine.matcher.weights"), ("map_path", "map_path")):
         if get(arg):
             overrides[param] = get(arg)
+    remappings = topic_remappings({role: get(f"{role}_topic") for role in REMAPPABLE})
     actions = [Node(package="agnostic_reloc", executable="reloc_node", name="reloc_node",
-                    namespace=get("namespace"), parameters=[get("config"), overrides], output="screen",
-                    emulate_tty=True)]
+                    namespace=get("namespace"), parameters=[get("config"), overrides], remappings=remappings,
+                    output="screen", emulate_tty=True)]
+    if remappings:
+        actions.append(LogInfo(msg="reloc_node inputs remapped: " + ", ".join(f"{a} -> {b}" for a, b in remappings)))
     cmd, message = rviz_action(get("rviz"), get("rviz_config"))
     if cmd:
         actions.append(ExecuteProcess(cmd=cmd, name="rviz2", output="screen"))
@@ -76,5 +112,8 @@ def generate_launch_description():
                               description="true: start rviz2 with rviz_config (logged and skipped if not installed)"),
         DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "config", "reloc.rviz"),
                               description="RViz2 config (topics of /reloc_node, fixed frame map)"),
+        *[DeclareLaunchArgument(f"{role}_topic", default_value="",
+                                description=f"your topic for the contract's {topic} (empty: {topic})")
+          for role, topic in REMAPPABLE.items()],
         OpaqueFunction(function=_node),
     ])

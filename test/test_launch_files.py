@@ -1,7 +1,7 @@
-"""launch/reloc.launch.py's rviz:=true|false without launch_ros (the pip path has no wheels for it).
+"""launch/reloc.launch.py's rviz:=true|false and topic remapping without launch_ros (the pip path has no wheels).
 
-What rviz:=true does is decided by `rviz_action`, a pure function of the launch file; the launch actions it
-becomes are checked only where launch/launch_ros are importable.
+What rviz:=true and `<role>_topic:=` do is decided by `rviz_action` and `topic_remappings`, pure functions of the
+launch file; the launch actions they become are checked only where launch/launch_ros are importable.
 """
 
 from __future__ import annotations
@@ -82,3 +82,18 @@ def test_launch_file_logs_why_rviz_did_not_start(monkeypatch):
     assert not any(isinstance(a, ExecuteProcess) and "rviz2" in str(a.name) for a in actions)
     logs = [perform_substitutions(context, a.msg) for a in actions if isinstance(a, LogInfo)]
     assert any("rviz2 is not installed" in text for text in logs), logs
+
+
+def test_topic_arguments_remap_the_contract_inputs():
+    from agnostic_reloc.io.contract import INPUT_TOPICS
+
+    launch = load_launch_file()
+    # every contract input except the node's private query image has an argument, with the contract's name
+    assert launch.REMAPPABLE == {k: v for k, v in INPUT_TOPICS.items() if not v.startswith("~")}
+    got = launch.topic_remappings({"image": "/cam0/image_raw", "camera_info": " /cam0/camera_info ",
+                                   "keyframe_pose": "", "tracking_state": "/orb_slam3/tracking_state"})
+    assert got == [("/camera/image_raw", "/cam0/image_raw"), ("/camera/camera_info", "/cam0/camera_info")]
+    with pytest.raises(ValueError, match="depth_topic: unknown contract input; remappable: keyframe_keypoints_topic"):
+        launch.topic_remappings({"depth": "/cam0/depth"})
+    with pytest.raises(ValueError, match="image_topic:=/cam 0/image is not a valid ROS topic name"):
+        launch.topic_remappings({"image": "/cam 0/image"})
