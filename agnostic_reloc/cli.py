@@ -279,10 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_bag(sub)
     _add_demo(sub)
     _add_doctor(sub)
-    from .train.cli import add_evaluate_parser, add_train_parser
+    from .train.cli import add_evaluate_parser, add_export_parser, add_train_parser
 
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_export_parser(sub)
     from .orbslam3.cli import add_parsers as add_orbslam3_parsers
 
     add_orbslam3_parsers(sub)

@@ -42,6 +42,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(subparsers) -> None:
+    """`agnostic-reloc export-weights CHECKPOINT OUT [--card results.json]`."""
+    p = subparsers.add_parser("export-weights",
+                              help="float16 LightGlue weights + sha256 + card (config, commit) from a checkpoint")
+    p.add_argument("checkpoint", help="a training checkpoint (checkpoint_last.pth / checkpoint_NNNNNN.pth)")
+    p.add_argument("out", help="weights file to write, e.g. agnostic_reloc/weights/<name>.pth (shipped by name)")
+    p.add_argument("--card", default=None, help="JSON file whose entries go into the card (e.g. the evaluation)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .trainer import export_weights
+
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    extra = json.loads(Path(args.card).read_text()) if args.card else None
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"--card {args.card} must hold a JSON object")
+    path, digest = export_weights(args.checkpoint, args.out, card=extra)
+    print(f"exported {path} (sha256 {digest}) and its card {path.with_suffix('.json')}")
+    return 0
+
+
 def add_evaluate_parser(subparsers) -> None:
     """`agnostic-reloc evaluate-matcher --weights A [--weights B] [--detectors ...] [--pairs N] [--out DIR]`."""
     from ..features.detectors import DETECTORS

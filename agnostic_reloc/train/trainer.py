@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import json
 import os
 import random
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +198,7 @@ def train(conf: dict, out_dir: str | os.PathLike, photos: list | None = None) ->
     max_steps = int(tc["max_steps"] or tc["epochs"] * steps_per_epoch)
 
     step = 0
+    elapsed = 0.0  # training wall time of earlier runs (resume), for the weights card
     last_ckpt = out_dir / "checkpoint_last.pth"
     if tc["resume"]:
         if not last_ckpt.is_file():
@@ -206,6 +210,7 @@ def train(conf: dict, out_dir: str | os.PathLike, photos: list | None = None) ->
         if use_amp and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         step = int(ckpt["step"])
+        elapsed = float(ckpt.get("elapsed_s", 0.0))
         rng = ckpt.get("rng")
         if rng and rng.get("rank") == rank:
             _set_rng_state(rng)
@@ -227,7 +232,8 @@ def train(conf: dict, out_dir: str | os.PathLike, photos: list | None = None) ->
         state = {"model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict() if use_amp else {}, "step": step, "epoch": step // steps_per_epoch,
-                 "conf": conf, "rng": {**_rng_state(), "rank": rank}}
+                 "conf": conf, "rng": {**_rng_state(), "rank": rank},
+                 "elapsed_s": elapsed + time.monotonic() - started, "device": str(device), "world_size": world}
         path = out_dir / f"checkpoint_{step:06d}.pth"
         _save(state, path)
         _save(state, last_ckpt)
@@ -240,6 +246,7 @@ def train(conf: dict, out_dir: str | os.PathLike, photos: list | None = None) ->
     history: list[float] = []
     seen: list[str] = []
     skipped = 0
+    started = time.monotonic()
     bar = tqdm(total=max_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     try:
         while step < max_steps:
@@ -317,13 +324,29 @@ def train(conf: dict, out_dir: str | os.PathLike, photos: list | None = None) ->
             "skipped": skipped, "seen": seen, "model": net}
 
 
-def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, half: bool = True) -> tuple[Path, str]:
-    """Write the LightGlue state dict of a training checkpoint (float16 if `half`) and `<out>.sha256` next to it.
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
-    Returns (path, sha256). The file loads with `LightGlueMatcher(weights=path)`.
+
+def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, half: bool = True,
+                   card: dict | None = None) -> tuple[Path, str]:
+    """Write the LightGlue state dict of a training checkpoint (float16 if `half`), `<out>.sha256` and a card.
+
+    The card `<out stem>.json` holds the sha256, the training config, step and wall time of the checkpoint, the
+    commit of this code, and `card` (e.g. the evaluation); with it the file is shippable weights
+    (`weights.resolve_lightglue`). Returns (path, sha256). The file loads with `LightGlueMatcher(weights=path)`.
     """
     from ..weights import load_state_dict, sha256
 
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True) if Path(ckpt).is_file() else {}
+    meta = raw if isinstance(raw, dict) and "model" in raw else {}
     state = load_state_dict(ckpt)  # accepts a checkpoint dict ('model' entry) or a plain state dict
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -332,6 +355,11 @@ def export_weights(ckpt: str | os.PathLike, out: str | os.PathLike, half: bool =
     _save({k: v.contiguous() for k, v in state.items()}, out)
     digest = sha256(out)
     out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    info = {"file": out.name, "sha256": digest, "dtype": "float16" if half else "float32",
+            "features": (meta.get("conf") or {}).get("model", {}).get("features", "aliked"),
+            "step": meta.get("step"), "epoch": meta.get("epoch"), "train_wall_s": meta.get("elapsed_s"),
+            "train_device": meta.get("device"), "commit": _git_commit(), "config": meta.get("conf"), **(card or {})}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str) + "\n")
     return out, digest
 
 

@@ -295,6 +295,9 @@ def test_export_loads_in_matcher(trained, tmp_path):
     out, res = trained
     path, digest = export_weights(out / "checkpoint_last.pth", tmp_path / "agnostic.pth")
     assert (tmp_path / "agnostic.pth.sha256").read_text().split()[0] == digest == sha256(path)
+    card = json.loads((tmp_path / "agnostic.json").read_text())  # what produced the file, beside it
+    assert card["sha256"] == digest and card["step"] == 6 and card["train_wall_s"] > 0 and card["features"] == "aliked"
+    assert card["config"]["data"]["keypoints"]["detectors"] == SMALL_KPTS["detectors"]
     state = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     matcher = LightGlueMatcher(weights=str(path), device="cpu")
