@@ -12,8 +12,8 @@ gradients (gloo on CPU, nccl on CUDA); only rank 0 writes checkpoints and Tensor
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import random
 import subprocess
