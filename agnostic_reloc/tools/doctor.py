@@ -119,17 +119,20 @@ def check_weights() -> list[Check]:
 
 
 def check_configured_weights(engine_conf: dict) -> list[Check]:
-    path = (engine_conf.get("matcher") or {}).get("weights")
-    if not path:
-        return [Check("weights (configured)", OK, "none configured: the official LightGlue weights", "", True)]
-    from ..weights import WeightsError, load_state_dict
+    setting = (engine_conf.get("matcher") or {}).get("weights")
+    from ..weights import SHIPPED_DIR, WeightsError, load_state_dict, resolve_lightglue
 
     try:
+        path = resolve_lightglue(setting)
+        if path is None:
+            return [Check("weights (configured)", OK, "official LightGlue weights", "", True)]
         n = len(load_state_dict(path))
     except WeightsError as exc:
         return [Check("weights (configured)", MISSING, str(exc),
-                      "fix engine.matcher.weights in the parameter file (empty = official weights)", True)]
-    return [Check("weights (configured)", OK, f"{path}: {n} tensors", "", True)]
+                      "fix engine.matcher.weights in the parameter file (official = the official weights)", True)]
+    verified = path.parent == SHIPPED_DIR or path.with_name(path.name + ".sha256").is_file()
+    checked = "sha256 verified" if verified else "no checksum beside it"
+    return [Check("weights (configured)", OK, f"{setting} -> {path}: {n} tensors, {checked}", "", True)]
 
 
 def check_runtime(engine_conf: dict) -> list[Check]:
