@@ -82,7 +82,8 @@ OPTIONS: dict = {
     "matcher": {
         "name": ("lightglue", "lightglue (ALIKED at the SLAM keypoints + LightGlue) or nn (ORB Hamming, the "
                  "classic baseline)", None),
-        "weights": (None, "LightGlue checkpoint (fine-tuned agnostic weights); empty = official ALIKED LightGlue",
+        "weights": (None, "LightGlue weights: empty or official = official ALIKED LightGlue; the name of weights "
+                          "shipped in agnostic_reloc/weights/; or a checkpoint path",
                     None),
         "filter_threshold": (0.1, "LightGlue match confidence threshold (lower: more, less certain matches)",
                              (0.0, 1.0)),
