@@ -156,6 +156,11 @@ def _sample_depth(depth: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return out
 
 
+def _focal(K: np.ndarray) -> float:
+    """Geometric mean focal length (px) of intrinsics K."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(K, np.float64)[:2, :2]))))
+
+
 def project(kpts: np.ndarray, depth_src: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray,
             T_dst_src: np.ndarray, depth_dst: np.ndarray, rel_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reproject keypoints with depth into the other camera.
@@ -175,9 +180,7 @@ def project(kpts: np.ndarray, depth_src: np.ndarray, K_src: np.ndarray, K_dst: n
         xy = p[:, :2] / p[:, 2:]
         zd = _sample_depth(depth_dst, xy)
         visible = has_depth & (Xd[:, 2] > 0) & np.isfinite(zd) & (np.abs(Xd[:, 2] - zd) / zd < rel_tol)
-        f_src, f_dst = np.sqrt(abs(np.linalg.det(np.asarray(K_src, np.float64)[:2, :2]))), \
-            np.sqrt(abs(np.linalg.det(np.asarray(K_dst, np.float64)[:2, :2])))
-        scale = (f_dst / Xd[:, 2]) / (f_src / z)
+        scale = (_focal(K_dst) / Xd[:, 2]) / (_focal(K_src) / z)
     xy[~has_depth | (Xd[:, 2] <= 0)] = np.nan
     scale[~has_depth | (Xd[:, 2] <= 0)] = np.nan
     return xy, has_depth, visible, scale

@@ -101,6 +101,20 @@ def test_octave_labels_pair_compatible_levels_and_ignore_the_rest():
     assert same.tolist() == plain.tolist()
 
 
+def test_depth_scale_change_predicts_the_octave():
+    # a wall 4 m ahead; camera 1 is 2 m closer, so the wall looks twice as big: ~3.8 levels of 1.2 higher there
+    K = np.array([[100.0, 0, 80], [0, 100, 60], [0, 0, 1]])
+    depth0, depth1 = np.full((120, 160), 4.0), np.full((120, 160), 2.0)
+    T = np.eye(4)
+    T[2, 3] = -2.0
+    k0 = np.array([[80.0, 60], [70, 55]])
+    _, _, visible, scale = groundtruth.project(k0, depth0, K, K, T, depth1, 0.1)
+    assert visible.all() and np.allclose(scale, 2.0)
+    ok = groundtruth.octave_compatible(np.array([0, 1]), np.arange(8), scale, 1.2, 1.0)
+    assert ok[0].tolist() == [False, False, False, True, True, False, False, False]  # predicted 3.8
+    assert ok[1].tolist() == [False, False, False, False, True, True, False, False]  # predicted 4.8
+
+
 # ----------------------------------------------------------------------------- forward + loss
 def test_padded_forward_matches_unpadded_and_loss_is_finite():
     from agnostic_reloc.matching.lightglue import build_network
