@@ -472,19 +472,10 @@ class WorldDataset(PairDataset):
 
     def _revisits(self, seq) -> list[tuple[int, int]]:
         """(earlier-lap keyframe, later-lap keyframe) index pairs within the revisit limits."""
-        from ..geometry import rotation_angle_deg
+        from ..world.sequence import gt_revisits
 
-        kfs = [f for f in seq.keyframes() if not f.kidnapped]
-        out = []
-        for f in kfs:
-            for g in kfs:
-                if g.lap >= f.lap:
-                    continue
-                d = float(np.linalg.norm(f.T_world_cam[:3, 3] - g.T_world_cam[:3, 3]))
-                a = rotation_angle_deg(g.T_world_cam[:3, :3].T @ f.T_world_cam[:3, :3])
-                if d <= self.conf["revisit_max_dist"] and a <= self.conf["revisit_max_angle"]:
-                    out.append((g.index, f.index))
-        return out
+        return [(g, f) for f, g, _, _ in gt_revisits(seq, self.conf["revisit_max_dist"],
+                                                      self.conf["revisit_max_angle"], nearest_only=False)]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -122,26 +122,27 @@ class Sequence:
                         map_points=frame.map_points, map_point_ids=frame.map_point_ids)
 
 
-def gt_revisits(seq: Sequence, max_dist: float = 1.0, max_angle_deg: float = 20.0
+def gt_revisits(seq: Sequence, max_dist: float = 1.0, max_angle_deg: float = 20.0, nearest_only: bool = True
                 ) -> list[tuple[int, int, float, float]]:
     """Ground-truth revisits: for each keyframe of lap >= 1, the nearest (by GT position) earlier-lap keyframe
-    within max_dist (m) and max_angle_deg (relative rotation). Returns (frame index, lap-earlier frame index,
-    distance m, angle deg) tuples."""
+    within max_dist (m) and max_angle_deg (relative rotation), or every such keyframe if not `nearest_only`.
+    Returns (frame index, lap-earlier frame index, distance m, angle deg) tuples."""
     kfs = seq.keyframes()
     out = []
     for f in kfs:
         if f.lap < 1 or f.kidnapped:
             continue
-        best = None
+        found = []
         for g in kfs:
             if g.lap >= f.lap:
                 continue
             d = float(np.linalg.norm(f.T_world_cam[:3, 3] - g.T_world_cam[:3, 3]))
             a = rotation_angle_deg(g.T_world_cam[:3, :3].T @ f.T_world_cam[:3, :3])
-            if d <= max_dist and a <= max_angle_deg and (best is None or d < best[2]):
-                best = (f.index, g.index, d, a)
-        if best is not None:
-            out.append(best)
+            if d <= max_dist and a <= max_angle_deg:
+                found.append((f.index, g.index, d, a))
+        if found and nearest_only:
+            found = [min(found, key=lambda r: r[2])]
+        out += found
     return out
 
 
