@@ -442,6 +442,8 @@ class WorldDataset(PairDataset):
 
     def __init__(self, conf: dict | None = None, keypoint_conf: dict | None = None):
         super().__init__(conf, keypoint_conf, self.extra_defaults)
+        if self.conf["pairs"] not in ("gaps", "revisits"):  # before paying for the sequences
+            raise ValueError(f"world pairs must be gaps or revisits, got {self.conf['pairs']!r}")
         try:
             from ..world import make_sequence
         except ImportError as exc:
@@ -455,10 +457,8 @@ class WorldDataset(PairDataset):
             lo, hi = self.conf["frame_gaps"]
             self.items = [(s, a, a + g) for s, seq in enumerate(self.sequences) for g in range(int(lo), int(hi) + 1)
                           for a in range(len(seq.frames) - g)]
-        elif self.conf["pairs"] == "revisits":
-            self.items = [(s, a, b) for s, seq in enumerate(self.sequences) for a, b in self._revisits(seq)]
         else:
-            raise ValueError(f"world pairs must be gaps or revisits, got {self.conf['pairs']!r}")
+            self.items = [(s, a, b) for s, seq in enumerate(self.sequences) for a, b in self._revisits(seq)]
         if len(self.items) > self.conf["max_pairs"]:
             rng = np.random.default_rng(int(self.conf["seed"]))
             self.items = [self.items[k] for k in np.sort(rng.choice(len(self.items), self.conf["max_pairs"], False))]

@@ -217,6 +217,22 @@ def test_mixed_data_with_world_revisits(photos):
     assert "skipped" in s or (s["gt_matches0"] >= 0).sum() >= 4
 
 
+def test_bad_training_data_options_are_refused_by_name(photos, tmp_path, capsys):
+    from agnostic_reloc.cli import main
+    from agnostic_reloc.train.data import KeypointSampler, WorldDataset
+
+    with pytest.raises(ValueError, match=r"keypoints.deployed names unknown detectors \['orbslam'\]"):
+        KeypointSampler({"deployed": ["orbslam"]})
+    with pytest.raises(ValueError, match="keypoints.deployed_max_keypoints must be positive"):
+        KeypointSampler({"deployed_max_keypoints": 0})
+    with pytest.raises(ValueError, match="world pairs must be gaps or revisits, got 'loops'"):
+        WorldDataset({"pairs": "loops", "n_frames": 4, "world": {"camera": {"width": 80, "height": 60, "f": 50}}})
+    with pytest.raises(ValueError, match="compatible mask has shape"):
+        groundtruth.assign(np.zeros((2, 3)), 3, 5, compatible=np.ones((3, 2), bool))
+    assert main(["export-weights", str(tmp_path / "nothing.pth"), str(tmp_path / "out.pth")]) != 0
+    assert "nothing.pth does not exist" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()
+
+
 def test_holdout_split(photos):
     from agnostic_reloc.train.data import DEFAULT_HOLDOUT, select_photos
 
