@@ -10,6 +10,10 @@ descriptor's support region proportional to the keypoint's scale.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -18,6 +22,7 @@ from kornia.feature import ALIKED
 
 from ..conf import merge_conf
 from ..inference import BackboneRunner, DenseMapRunner
+from ..inference.backends import intra_op_threads
 from ..io.image import check_image, to_tensor
 from ..weights import WeightsError, official_path
 from .aliked_sparse import SparseSddh, pad_to_multiple
@@ -80,6 +85,8 @@ class AlikedExtractor:
         self.sparse = SparseSddh(self.model)
         self.backend = self.backbone.backend
         self.lock = threading.Lock()  # the model is shared; kornia's DKD state is mutated per call
+        self._level_pool: ThreadPoolExecutor | None = None  # helpers of `workers` > 1 (started on first use)
+        self._level_helpers = 0  # threads of that pool
 
     # ------------------------------------------------------------------ dense maps
     @torch.inference_mode()
@@ -128,13 +135,18 @@ class AlikedExtractor:
 
     # ------------------------------------------------------------------ public API
     def describe(self, images: list[np.ndarray], keypoints: list[Keypoints],
-                 sampling: str | None = None) -> list[torch.Tensor]:
+                 sampling: str | None = None, workers: int = 1,
+                 share_when: Callable[[], bool] | None = None) -> list[torch.Tensor]:
         """Descriptors [N_i x D] (float32, L2-normalised, on self.device) at the given keypoints.
 
         Args:
             images: RGB (or gray) uint8 images; same-size images are batched in one forward.
             keypoints: one Keypoints per image, coordinates in that image's pixels.
             sampling: 'full' or 'octave' (default: conf).
+            workers: CPU, octave sampling: describe the pyramid levels on this many threads, each with the
+                caller's intra-op thread count; the same descriptors as one thread.
+            share_when: the helper threads take a level only while this returns True (e.g. "the other stage's
+                core is idle"); None: always.
         """
         sampling = sampling or self.conf["sampling"]
         if sampling not in SAMPLING_MODES:
@@ -147,24 +159,60 @@ class AlikedExtractor:
         with self.lock:
             if sampling == "full":
                 return self._describe_at_level(images, keypoints, None)
-            return self._describe_octaves(images, keypoints)
+            return self._describe_octaves(images, keypoints, workers=workers, share_when=share_when)
 
     def _level_for(self, octaves: np.ndarray) -> np.ndarray:
         levels = np.asarray(sorted(self.conf["octave_levels"]))
         return levels[np.abs(octaves[:, None] - levels[None, :]).argmin(1)] if len(octaves) else octaves
 
     def _describe_octaves(self, images: list[np.ndarray], keypoints: list[Keypoints],
-                          full_map: torch.Tensor | None = None) -> list[torch.Tensor]:
+                          full_map: torch.Tensor | None = None, workers: int = 1,
+                          share_when: Callable[[], bool] | None = None) -> list[torch.Tensor]:
         out = [torch.zeros(len(kp), self.descriptor_dim, device=self.device) for kp in keypoints]
         levels = [self._level_for(kp.octave) for kp in keypoints]
-        for level in sorted({int(v) for lv in levels for v in lv}):
+
+        def describe_level(level: int) -> None:
             selected = [np.flatnonzero(lv == level) for lv in levels]
             idx = [i for i, s in enumerate(selected) if len(s)]
-            descs = self._describe_at_level([images[i] for i in idx],
-                                            [keypoints[i].subset(selected[i]) for i in idx], level,
-                                            full_map if level == 0 else None)
+            descs = self._describe_at_level([images[i] for i in idx], [keypoints[i].subset(selected[i]) for i in idx],
+                                            level, full_map if level == 0 else None)
             for i, d in zip(idx, descs):
-                out[i][torch.from_numpy(selected[i]).to(self.device)] = d
+                out[i][torch.from_numpy(selected[i]).to(self.device)] = d  # rows of one level: no overlap
+
+        present = sorted({int(v) for lv in levels for v in lv})
+        if workers <= 1 or len(present) < 2 or self.device.type != "cpu":
+            for level in present:
+                describe_level(level)
+            return out
+        # a shared queue, largest level first: the caller takes from the front, helpers from the back (the
+        # smallest levels) while `share_when` allows, so the split balances itself whenever helpers can run
+        todo = deque(present)
+        take = threading.Lock()
+        threads = torch.get_num_threads()
+
+        def next_level(front: bool) -> int | None:
+            with take:
+                return (todo.popleft() if front else todo.pop()) if todo else None
+
+        def helper() -> None:
+            with torch.inference_mode(), intra_op_threads(threads):  # both are per thread
+                while todo:
+                    if share_when is not None and not share_when():
+                        time.sleep(0.005)  # the core is busy elsewhere: look again soon
+                        continue
+                    if (level := next_level(front=False)) is not None:
+                        describe_level(level)
+
+        if self._level_helpers < workers - 1:  # threads inherit their creator's priority (the node's `nice`)
+            if self._level_pool is not None:
+                self._level_pool.shutdown(wait=False)
+            self._level_pool = ThreadPoolExecutor(workers - 1, "agnostic_reloc-levels")
+            self._level_helpers = workers - 1
+        jobs = [self._level_pool.submit(helper) for _ in range(workers - 1)]
+        while (level := next_level(front=True)) is not None:  # the caller's share (its priority, its threads)
+            describe_level(level)
+        for job in jobs:
+            job.result()
         return out
 
     def _describe_at_level(self, images: list[np.ndarray], keypoints: list[Keypoints], level: int | None,
@@ -227,13 +275,15 @@ class AlikedExtractor:
 
     @torch.inference_mode()
     def describe_and_detect(self, image: np.ndarray, keypoints: Keypoints, max_keypoints: int,
-                            min_distance_px: float = 3.0) -> tuple[torch.Tensor, Keypoints, torch.Tensor]:
+                            min_distance_px: float = 3.0, workers: int = 1,
+                            share_when: Callable[[], bool] | None = None
+                            ) -> tuple[torch.Tensor, Keypoints, torch.Tensor]:
         """Descriptors at `keypoints` (conf sampling) plus ALIKED's own keypoints, from the same maps.
 
         The full-resolution map that octave sampling computes for octave-0 keypoints also gives ALIKED's
         top-`max_keypoints` keypoints; those within `min_distance_px` of one of `keypoints` are dropped (nearby
         keypoints make LightGlue's assignments ambiguous). A query-side detector ensemble at the cost of the
-        sampling head only.
+        sampling head only. `workers`, `share_when`: as in `describe`.
 
         Returns (descriptors [N x D] at keypoints, the added Keypoints [E] (octave 0), their descriptors [E x D]).
         """
@@ -254,7 +304,8 @@ class AlikedExtractor:
             if self.conf["sampling"] == "full":
                 desc = self.sample(fmap, [torch.from_numpy(keypoints.xy)])[0]
             else:
-                desc = self._describe_octaves([image], [keypoints], full_map=fmap)[0]
+                desc = self._describe_octaves([image], [keypoints], full_map=fmap, workers=workers,
+                                              share_when=share_when)[0]
         return desc, extra, extra_desc
 
 

@@ -78,6 +78,10 @@ OPTIONS: dict = {
                                 "keypoints found no pose (no extra cost where they suffice) | always", None),
         "query_ensemble_loops": (False, "add them to loop query keyframes too (the map stores the SLAM's keypoints "
                                  "only; costs LightGlue time on every keyframe)", None),
+        "parallel_levels": (True, "CPU: while the loop stage is idle (the node's worker or the replay says so), "
+                            "describe a keyframe's pyramid levels on two threads, each with the stage's threads "
+                            "(the same descriptors in about half the time; relocalization queries: reloc.parallel)",
+                            None),
     },
     "matcher": {
         "name": ("lightglue", "lightglue (ALIKED at the SLAM keypoints + LightGlue) or nn (ORB Hamming, the "
@@ -220,6 +224,9 @@ class Engine:
         # is a second core free now? The worker sets it (its keyframe stage has nothing to do); see
         # retrieval.lookahead. Default: never.
         self.spare_core: Callable[[], bool] = lambda: False
+        # is the loop stage idle now? Then a keyframe's description may take its core (features.parallel_levels).
+        # The worker and the pipelined runner set it; None: there is no second stage.
+        self.loop_stage_idle: Callable[[], bool] | None = None
         if len(self.map):
             self._rebuild_index()
 
@@ -276,11 +283,14 @@ class Engine:
 
     def make_keyframe(self, stamp: float, image: np.ndarray, keypoints: Keypoints, T_map_cam: np.ndarray,
                       K: np.ndarray, map_points: np.ndarray | None = None, map_point_ids: np.ndarray | None = None,
-                      kf_id: int | None = None, query_ensemble: int = 0) -> Keyframe:
+                      kf_id: int | None = None, query_ensemble: int = 0, workers: int = 1,
+                      share_when: Callable[[], bool] | None = None) -> Keyframe:
         """Build and validate a keyframe: suppression, descriptors, global descriptor (nothing stored yet).
 
         query_ensemble: add this many of ALIKED's own keypoints as extra rows (no map points), for the query side
         of matching only (see `features.query_ensemble`); the global descriptor ignores them.
+        workers: threads that share the description's pyramid levels (CPU), each with this thread's intra-op threads;
+        share_when: the helpers take a level only while it returns True (None: always).
         """
         t0 = time.perf_counter()
         with self.lock:
@@ -303,7 +313,8 @@ class Engine:
             if kf.map_point_ids is not None:
                 kf.map_point_ids = np.concatenate([kf.map_point_ids, np.full(len(extra), -1, np.int64)])
         n_rows = len(kf.keypoints)
-        feats = self.pipe.extract(image, kf.keypoints, ensemble=query_ensemble)
+        feats = self.pipe.extract(image, kf.keypoints, ensemble=query_ensemble, workers=workers,
+                                  share_when=share_when)
         n_extra = len(feats.keypoints) - n_rows
         if n_extra:  # query-side ensemble rows: no map points, never stored
             kf.keypoints, kf.n_query_rows = feats.keypoints, n_extra
@@ -322,8 +333,11 @@ class Engine:
     def make_keyframe_from(self, ev) -> Keyframe:
         """`make_keyframe` of a `types.KeyframeEvent` (a loop query: with `features.query_ensemble_loops`, the
         query-side ensemble rows, which `insert_keyframe` does not store)."""
+        # features.parallel_levels: a helper describes pyramid levels while the loop stage leaves its core idle
+        idle = self.loop_stage_idle
+        parallel = self._on_cpu and self.conf["features"]["parallel_levels"] and idle is not None
         return self.make_keyframe(ev.stamp, ev.image, ev.keypoints, ev.T_map_cam, ev.K, ev.map_points,
-                                  ev.map_point_ids, ev.kf_id, self._loop_ensemble())
+                                  ev.map_point_ids, ev.kf_id, self._loop_ensemble(), 2 if parallel else 1, idle)
 
     def _loop_ensemble(self) -> int:
         f = self.conf["features"]
@@ -526,9 +540,8 @@ class Engine:
         f = self.conf["features"]
         # fallback: the ensemble keypoints (ALIKED's dense map and detection) are computed only when needed
         lazy = bool(f["query_ensemble"]) and f["query_ensemble_when"] == "fallback"
-        with intra_op_threads(self._query_threads()):
-            q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
-                                   query_ensemble=0 if lazy else f["query_ensemble"])
+        q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
+                               query_ensemble=0 if lazy else f["query_ensemble"], workers=self._query_workers())
         with self.lock:
             cand_ids = self._candidates(q, None)
             cands = [self.map.get(i) for i in cand_ids]
@@ -537,9 +550,8 @@ class Engine:
             return Relocalization(stamp, False, reason="no candidate from retrieval")
         result = self._relocalize_view(stamp, q, cands, final=not lazy)
         if lazy and not result.success and result.reason.startswith(("too few inliers", "unconfirmed")):
-            with intra_op_threads(self._query_threads()):
-                q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
-                                       query_ensemble=f["query_ensemble"])
+            q = self.make_keyframe(stamp, image, keypoints, np.eye(4), K, kf_id=-1,
+                                   query_ensemble=f["query_ensemble"], workers=self._query_workers())
             result = self._relocalize_view(stamp, q, cands, final=True)
         self._tick("reloc_verify", t0)
         return result
@@ -562,9 +574,9 @@ class Engine:
         # the relocalizer is the query thread's own state: no lock
         return self.relocalizer.decide(stamp, poses, self._neighbour_check(q), remember=final)
 
-    def _query_threads(self) -> int:
-        """Intra-op threads of a relocalization query's description (`reloc.parallel` x the stage's)."""
-        return self._threads * (self.conf["reloc"]["parallel"] if self._on_cpu else 1)
+    def _query_workers(self) -> int:
+        """Threads of a relocalization query's description (`reloc.parallel` on CPU), each with the stage's."""
+        return self.conf["reloc"]["parallel"] if self._on_cpu else 1
 
     def _query_groups(self, cands: list[Keyframe]) -> list[list[Keyframe]]:
         """A query's candidates in matching rounds: `reloc.parallel` at a time on CPU (early stop between

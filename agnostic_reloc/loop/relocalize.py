@@ -55,9 +55,9 @@ OPTIONS = {
                           (0.0, 100.0)),
     "confirm_rate_dps": (30.0, "camera rotation allowed between confirming queries (deg/s), added to "
                          "agree_angle_deg", (0.0, 1000.0)),
-    "parallel": (2, "CPU: a relocalization query describes itself with this many times the stage's threads and "
-                 "matches this many candidates at once, one per thread (while the SLAM is lost no keyframe comes, "
-                 "so the keyframe stage's cores are free); 1 = the stage's own threads, one candidate at a time",
+    "parallel": (2, "CPU: a relocalization query describes its pyramid levels on this many threads and matches "
+                 "this many candidates at once, each thread with the stage's threads (while the SLAM is lost no "
+                 "keyframe comes, so the keyframe stage's cores are free); 1 = one thread, one candidate at a time",
                  (1, 2)),
     "loop_corrected": (True, "compare relocalization candidates after correcting their keyframes with the "
                        "accepted loops (pose graph), so copies of a place from different laps of a drifting SLAM "

@@ -98,6 +98,11 @@ class LoopChecker:
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="agnostic_reloc-loops", daemon=True)
         self.thread.start()
+        engine.loop_stage_idle = self.idle  # keyframes may then use two threads (features.parallel_levels)
+
+    def idle(self) -> bool:
+        """No keyframe waits for or is in a check (a hint, read without a lock)."""
+        return self.queue.unfinished_tasks == 0
 
     def submit(self, kf: Keyframe) -> None:
         self._raise()
@@ -111,6 +116,7 @@ class LoopChecker:
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
+        self.engine.loop_stage_idle = None
         self._raise()
 
     def _raise(self) -> None:

@@ -61,6 +61,7 @@ class EngineWorker:
         self.counts = {"keyframes": 0, "loops": 0, "relocalized": 0, "not_relocalized": 0, "errors": 0}
         self.latency_ms: dict[str, deque] = {k: deque(maxlen=2000) for k in ("keyframe", "loop_check", "query")}
         engine.spare_core = self._keyframe_stage_idle  # loop checks may then match ahead (retrieval.lookahead)
+        engine.loop_stage_idle = self._loop_stage_idle  # keyframes may then use two threads (parallel_levels)
         self._threads = [threading.Thread(target=self._run, args=(role,), name=f"agnostic_reloc-{role}", daemon=True)
                          for role in ROLES]
         self._started = threading.Barrier(len(ROLES) + 1)  # the threads run (at their priority) once built
@@ -104,6 +105,10 @@ class EngineWorker:
     def _keyframe_stage_idle(self) -> bool:
         """No keyframe waits or is being described (read without the lock: a hint, never a guarantee)."""
         return not self._keyframes and "keyframes" not in self._busy
+
+    def _loop_stage_idle(self) -> bool:
+        """No loop check or query waits or runs (read without the lock: a hint, never a guarantee)."""
+        return not self._verify and not self._queries and "loops" not in self._busy
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every queue is empty and no thread runs a job; False on timeout."""

@@ -7,6 +7,7 @@ pieces (extract once per keyframe, match one query against K candidates).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,12 +120,15 @@ class PairPipeline:
                         max_octave=c["suppression_max_octave"], max_keypoints=c["max_keypoints"])
 
     def extract(self, image: np.ndarray, keypoints: Keypoints | None = None, timing: dict | None = None,
-                ensemble: int = 0, ensemble_min_distance_px: float = 3.0) -> Features:
+                ensemble: int = 0, ensemble_min_distance_px: float = 3.0, workers: int = 1,
+                share_when: Callable[[], bool] | None = None) -> Features:
         """Features at `keypoints` (e.g. the SLAM's), or at the configured detector's keypoints.
 
         ensemble: add up to this many of ALIKED's own keypoints (from the same full-resolution map; those within
         `ensemble_min_distance_px` of a given keypoint are left out). They follow the given keypoints in
         `Features.keypoints` and `kept`, so the given keypoints keep their indices.
+        workers, share_when: threads that share ALIKED's pyramid levels, and when the helpers may run (CPU;
+        `AlikedExtractor.describe`).
         """
         timing = {} if timing is None else timing
         image = check_image(image)
@@ -144,7 +148,8 @@ class PairPipeline:
             orb, valid = orb_descriptors(image, sub)
         desc = orb
         if self.aliked is not None and ensemble > 0:
-            desc, extra, extra_desc = self.aliked.describe_and_detect(image, sub, ensemble, ensemble_min_distance_px)
+            desc, extra, extra_desc = self.aliked.describe_and_detect(image, sub, ensemble, ensemble_min_distance_px,
+                                                                      workers, share_when)
             n = len(keypoints)
             keypoints = Keypoints.concat([keypoints, extra])
             kept = np.concatenate([kept, n + np.arange(len(extra))]).astype(np.int64)
@@ -153,7 +158,7 @@ class PairPipeline:
                 orb_x, valid_x = orb_descriptors(image, extra)
                 orb, valid = np.concatenate([orb, orb_x]), np.concatenate([valid, valid_x])
         elif self.aliked is not None:
-            desc = self.aliked.describe([image], [sub])[0]
+            desc = self.aliked.describe([image], [sub], workers=workers, share_when=share_when)[0]
         timing["describe"] = timing.get("describe", 0.0) + 1e3 * (time.perf_counter() - t)
         return Features(keypoints, kept, desc, (w, h), valid, orb)
 

@@ -76,6 +76,28 @@ def test_batched_and_empty(extractors, graf):
     assert (both[0] - sparse.describe([graf[0]], [k0])[0]).abs().max() < 1e-5
 
 
+def test_pyramid_levels_shared_by_threads_give_the_same_descriptors(graf):
+    """`workers`: the levels are described on two threads (the helper takes levels only while `share_when`
+    allows, as the engine's keyframe stage does while the loop stage idles); the descriptors are those of one
+    thread, bit for bit, whichever thread described which level."""
+    ex = get_aliked("aliked-n16", "cpu")
+    kpts = detect(graf[0], "orb", 1000)
+    assert len(np.unique(kpts.octave)) == 8
+    ref = ex.describe([graf[0]], [kpts])[0]
+    calls = []
+
+    def every_other() -> bool:  # the other core is free for every second look
+        calls.append(1)
+        return len(calls) % 2 == 0
+
+    for share_when in (None, every_other, lambda: False):
+        out = ex.describe([graf[0]], [kpts], workers=2, share_when=share_when)[0]
+        assert torch.equal(out, ref)
+    assert calls, "the helper asked whether it may run"
+    desc, extra, _ = ex.describe_and_detect(graf[0], kpts, 100, workers=2)  # the query ensemble's path
+    assert len(extra) > 0 and (desc - ref).abs().max() < 1e-5
+
+
 def test_unknown_evaluation_is_named():
     with pytest.raises(ValueError, match="unknown evaluation 'fast'"):
         AlikedExtractor(device="cpu", backend="torch", evaluation="fast")
