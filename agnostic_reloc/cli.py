@@ -184,7 +184,7 @@ def _add_make_bag(sub) -> None:
     p.add_argument("--profile", default="mixed", choices=PROFILES, help="world trajectory (world/trajectory.py)")
     p.add_argument("--storage", default="sqlite3", choices=("sqlite3", "mcap"))
     p.add_argument("--no-depth", action="store_true", help="leave out the depth images")
-    p.add_argument("--small", action="store_true", help="the demo's world: 320x240, sparser keyframes")
+    p.add_argument("--small", action="store_true", help="a small world: 320x240, sparser keyframes (fast tests)")
     p.add_argument("--fps", type=float, default=None, help="frame rate in Hz (default 5; the laps keep their "
                                                          "length, so more, closer frames: use >= 10 for ORB-SLAM3)")
     p.add_argument("--night", action="store_true", help="light the kidnapped segments at night (world.NIGHT_LIGHTING "

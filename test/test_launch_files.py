@@ -57,6 +57,7 @@ def test_rviz_config_shows_the_node_outputs_in_map():
     assert topic["rviz_default_plugins/MarkerArray"] == OUTPUT_TOPICS["loop_edges"].replace("~/", node)
     assert topic["rviz_default_plugins/Path"] == OUTPUT_TOPICS["corrected_path"].replace("~/", node)
     assert topic["rviz_default_plugins/Image"] == OUTPUT_TOPICS["matches_image"].replace("~/", node)
+    assert topic["rviz_default_plugins/PoseWithCovariance"] == OUTPUT_TOPICS["relocalization"].replace("~/", node)
     assert "rviz_default_plugins/TF" in displays
     # latched outputs (transient local): RViz must ask for the same durability to get them when it joins late
     for cls in ("rviz_default_plugins/MarkerArray", "rviz_default_plugins/Path"):

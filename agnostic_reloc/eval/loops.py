@@ -123,7 +123,7 @@ def recall_at_full_precision(precision: Sequence[float], recall: Sequence[float]
 
 
 def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray], stamps: Mapping[int, float],
-                   conf: dict | None = None) -> dict:
+                   conf: dict | None = None, queries: Collection[int] | None = None) -> dict:
     """Precision / recall of detected loops against GT keyframe poses (T_world_cam) and stamps (s).
 
     A loop is TRUE when its T_match_query agrees with inv(T_world_match) @ T_world_query (loop_pose_ok;
@@ -131,6 +131,8 @@ def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray],
     distance; a scale-free loop must also join a loose revisit (revisit_dist / revisit_angle_deg /
     min_time_gap), since its direction-only check is weak. Precision = TRUE / all loops (nan without loops); recall = revisit queries
     (strict recall_dist / recall_angle_deg) with at least one TRUE loop / revisit queries (nan without any).
+    queries: judge only the loops of these query keyframe ids and the recall over them (a segment of a run, e.g.
+    a night part); their revisits may be any keyframe of gt_poses. None = every keyframe.
     Returns precision, recall, recall_at_100p, n_loops, n_true, n_false, n_skipped, n_revisit_queries,
     flags (list of bool, None for a skipped loop), and the curve (thresholds, curve_precision, curve_recall).
     """
@@ -146,6 +148,10 @@ def evaluate_loops(loops: Sequence[Mapping], gt_poses: Mapping[int, np.ndarray],
     strict = true_revisits({i: gt_poses[i] for i in gt_ids}, stamps, c["recall_dist"], c["recall_angle_deg"],
                            c["min_time_gap"])
     revisit_queries = {q for q, ms in strict.items() if ms}
+    if queries is not None:
+        queries = {int(q) for q in queries}
+        revisit_queries &= queries
+        loops = [lp for lp in loops if lp.get("query_id") in queries]
 
     flags: list[bool | None] = []
     false_details: list[dict] = []  # why each false loop is false (GT geometry of the pair, pose error)

@@ -15,6 +15,12 @@ from ..types import RunResult
 GT_MAX_DT_S = 0.005  # ground truth is matched to the nearest event stamp within this (s)
 
 
+def loop_records(result: RunResult) -> list[dict]:
+    """A run's loops as eval.loops.evaluate_loops takes them (ids, T_match_query, score, scale_free)."""
+    return [{"query_id": l.query_id, "match_id": l.match_id, "T_match_query": l.T_match_query, "score": l.score,
+             "scale_free": not l.metric} for l in result.loops]
+
+
 def evaluate(result: RunResult, gt: dict[float, np.ndarray], conf: dict | None = None) -> dict:
     """Loop and relocalization metrics against ground truth poses (stamp -> T_world_cam).
 
@@ -26,9 +32,7 @@ def evaluate(result: RunResult, gt: dict[float, np.ndarray], conf: dict | None =
     conf = conf or {}
     stamps = {kid: s for kid, (s, _) in result.keyframes.items()}
     gt_kf = {kid: gt[s] for kid, s in stamps.items() if s in gt}
-    loops = [{"query_id": l.query_id, "match_id": l.match_id, "T_match_query": l.T_match_query, "score": l.score,
-              "scale_free": not l.metric} for l in result.loops]
-    out = {"loops": evaluate_loops(loops, gt_kf, stamps, conf.get("loops"))}
+    out = {"loops": evaluate_loops(loop_records(result), gt_kf, stamps, conf.get("loops"))}
     recs, T_map_world = [], {}
     for r in result.relocalizations:
         recs.append({"stamp": r.stamp, "T_map_cam": r.T_map_cam if r.success else None, "reason": r.reason})

@@ -351,7 +351,8 @@ def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, p
     queries, to replay against the map saved by a replay of the first), plus `out/ground_truth.txt`, every
     frame's T_world_cam as a TUM file (the second bag's own ground truth does not cover the map's keyframes).
     Stamps continue from the first bag into the second, so both share one SLAM map frame.
-    Returns counts {frames, keyframes, queries, messages, storage, image_size}, with split also {bags: {name:
+    Returns counts {frames, keyframes, queries, messages, storage, image_size, laps}, laps: per pass of the
+    trajectory (kidnapped frames excluded) {frames, first_stamp, last_stamp}; with split also {bags: {name:
     {path, frames, keyframes, queries, messages}}, ground_truth: path}. BagError when `out` exists (never
     overwritten) or, with split, when the profile has no kidnapped frames.
     """
@@ -375,7 +376,10 @@ def make_bag(out: str | os.PathLike, seed: int = 0, frames: int | None = None, p
                                     "kidnap_speed": traj_conf["kidnap_speed"] / scale}
     world_conf = deep_update(world_conf, conf)
     seq = make_sequence(seed=seed, profile=profile, n_frames=frames, conf=world_conf, progress=progress)
-    info = {**_counts(seq.frames), "storage": storage, "image_size": list(seq.image_size)}
+    laps = sorted({f.lap for f in seq.frames if not f.kidnapped})
+    info = {**_counts(seq.frames), "storage": storage, "image_size": list(seq.image_size),
+            "laps": [{"frames": len(st), "first_stamp": min(st), "last_stamp": max(st)}
+                     for st in ([f.stamp for f in seq.frames if f.lap == lap and not f.kidnapped] for lap in laps)]}
     if not split:
         info["messages"] = write_bag(out, sequence_messages(seq, depth, ground_truth), storage, progress)
         return info

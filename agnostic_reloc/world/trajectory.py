@@ -7,7 +7,9 @@ Frame `lap` counts the passes: 0 for the first (mapping) pass, k for a pass that
 - loop: two laps along a rounded-rectangle path (superellipse) at ~1.5 m from the walls, looking
   mostly outward at the walls (yaw oscillating smoothly around the outward normal). Lap 2 revisits lap-1
   places from another viewpoint: shifted inward by 0.2-0.5 m, yaw offset up to `lap2_yaw_deg`, higher by
-  `lap2_dz`, half a frame out of phase, and darker lighting.
+  `lap2_dz`, half a frame out of phase, and darker lighting. With `lap2_night_from` < 1 the lights go out
+  during lap 2: its frames from that fraction of the lap on are lit by `lap2_night_lighting` (dark, noisy,
+  motion-blurred), so one revisit lap holds an easy part and a night part (`night_from_index`).
 - kidnap: one mapping lap, then `kidnap_segments` segments of `kidnap_segment_len` frames each, around
   a random pose near a lap-1 (key)frame and moving slowly, every frame within `kidnap_max_dist` (position)
   and about `kidnap_max_yaw_deg` (yaw; pitch +-3 deg) of that anchor; these frames are flagged kidnapped
@@ -73,6 +75,8 @@ default_conf = {
     "lap2_dz": 0.15,  # lap-2 height change (m)
     "lap2_lighting": {"gain": 0.6, "gamma": 1.2, "vignetting": 0.3, "noise_std": 3.0},  # darker lap 2
     "lap1_lighting": {"gain": 1.0, "gamma": 1.0, "vignetting": 0.15, "noise_std": 2.0},  # lap-1 lighting
+    "lap2_night_from": 1.0,  # lap-2 frames from this fraction of the lap on are lit at night (1.0 = none)
+    "lap2_night_lighting": dict(NIGHT_LIGHTING[2]),  # their lighting (default: the darkest night level)
     "kidnap_segments": 6,  # kidnapped segments (kidnap / mixed)
     "kidnap_segment_len": 5,  # frames per kidnapped segment
     "kidnap_max_dist": 0.5,  # teleport position within this distance of a lap-1 pose (m)
@@ -118,6 +122,11 @@ class Trajectory:
     kidnapped: np.ndarray
     segment: np.ndarray
     lighting: list[dict]
+
+
+def night_from_index(n: int, night_from: float) -> int:
+    """Index of the first night frame of a revisit lap of n frames (n = none) for conf `lap2_night_from`."""
+    return n if night_from >= 1.0 else int(np.ceil(night_from * n - 1e-9))
 
 
 def look_pose(position: np.ndarray, yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
@@ -345,9 +354,12 @@ def make_trajectory(scene: Scene, profile: str = "loop", n_frames: int | None = 
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown trajectory profile '{profile}'; known: {', '.join(PROFILES)}")
-    c = merge_conf(default_conf, conf, "trajectory conf keys", free=("lap1_lighting", "lap2_lighting"))  # whole
+    c = merge_conf(default_conf, conf, "trajectory conf keys",
+                   free=("lap1_lighting", "lap2_lighting", "lap2_night_lighting"))  # lighting dicts whole
     if c["fps"] <= 0:
         raise ValueError(f"fps must be positive, got {c['fps']}")
+    if not 0.0 <= c["lap2_night_from"] <= 1.0:
+        raise ValueError(f"lap2_night_from must be a lap fraction in [0, 1], got {c['lap2_night_from']}")
     rng = np.random.default_rng([seed, 7])
     if profile in _BUILDERS:
         T, laps = _BUILDERS[profile](scene, None if n_frames is None else int(n_frames), rng, c)
@@ -381,7 +393,9 @@ def make_trajectory(scene: Scene, profile: str = "loop", n_frames: int | None = 
         u = u0 + (np.arange(n) + 0.5 * lap) / n
         poses.append(_lap_poses(path, u, c, lap, phase))
         laps += [lap] * n
-        lights += [dict(c["lap1_lighting"] if lap == 0 else c["lap2_lighting"]) for _ in range(n)]
+        night = night_from_index(n, c["lap2_night_from"]) if lap else n
+        lights += [dict(c["lap1_lighting"] if lap == 0 else c["lap2_lighting"] if i < night
+                        else c["lap2_night_lighting"]) for i in range(n)]
     T = np.concatenate(poses)
     n_normal = len(T)
     lap1 = T[: n_lap_frames[0]]

@@ -151,3 +151,27 @@ def test_drift_at_orbslam3_levels(scene):
     assert 1.6 < total < 2.4 and 0.024 < trans <= 0.03
     total, _, _ = rates(T, drift_transforms(T, tracked, 0))  # our defaults drift ~15x less than ORB-SLAM3
     assert total < 0.15 and default_conf["drift_yaw_deg_per_m"] < 0.1
+
+
+def test_lights_go_out_during_the_revisit_lap(scene):
+    """lap2_night_from: the revisit lap's frames from that fraction on take lap2_night_lighting, the rest of the
+    lap the lap-2 lighting; the poses are the same as without it. Out-of-range fractions are refused."""
+    from agnostic_reloc.world import NIGHT_LIGHTING
+    from agnostic_reloc.world.trajectory import make_trajectory, night_from_index
+
+    plain = make_trajectory(scene, "loop", n_frames=40, seed=3)
+    dark = make_trajectory(scene, "loop", n_frames=40, seed=3,
+                           conf={"lap2_night_from": 0.5, "lap2_night_lighting": NIGHT_LIGHTING[1]})
+    assert np.array_equal(plain.T_world_cam, dark.T_world_cam)
+    lap2 = np.flatnonzero(dark.lap == 1)
+    first_night = lap2[0] + night_from_index(len(lap2), 0.5)
+    assert first_night == lap2[0] + 10
+    for i, (a, b) in enumerate(zip(plain.lighting, dark.lighting)):
+        if i < first_night:
+            assert a == b
+        else:
+            assert b["blur_px"] == NIGHT_LIGHTING[1]["blur_px"] and b["gain"] == NIGHT_LIGHTING[1]["gain"]
+            assert b["seed"] == a["seed"]
+    assert night_from_index(20, 1.0) == 20 and night_from_index(20, 0.0) == 0
+    with pytest.raises(ValueError, match="lap2_night_from must be a lap fraction"):
+        make_trajectory(scene, "loop", n_frames=40, conf={"lap2_night_from": 1.5})
