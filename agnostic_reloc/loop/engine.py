@@ -559,20 +559,53 @@ class Engine:
     def _relocalize_view(self, stamp: float, q: Keyframe, cands: list[Keyframe], final: bool) -> Relocalization:
         """Match and verify one query view against the candidates, then decide (final: the last view tried)."""
         rc = self.conf["reloc"]
+        # poses below min_inliers count only against a pose (ambiguity)
+        floor = min(rc["min_inliers"], rc["ambiguity_min_inliers"]) if rc["ambiguity_ratio"] > 0 else rc["min_inliers"]
         poses: list[relocalize.CandidatePose] = []
-        for group in self._query_groups(cands):
+        done: set[int] = set()
+
+        def verify_round(group: list[Keyframe]) -> None:
             for cand, p in zip(group, self._match_side_by_side(q, group)):
-                pose = verify.pnp_pose(q, cand, p, rc["min_inliers"], self.conf["verify"])
+                done.add(cand.id)
+                pose = verify.pnp_pose(q, cand, p, floor, self.conf["verify"])
                 if pose is not None:
                     T, cov, inl, _ = pose
                     with self.lock:  # loop-corrected comparison (identity with reloc.loop_corrected off)
                         T_corr = self._corrected(cand.id) if rc["loop_corrected"] else np.eye(4)
                     poses.append(relocalize.CandidatePose(cand.id, T, cov, len(inl), T_corr @ T, inl[:, 0],
                                                           cand.map_points[inl[:, 1]]))
+
+        for group in self._query_groups(cands):
+            verify_round(group)
             if relocalize.settled(poses, rc):
                 break  # two agreeing candidates and no disagreeing one: early acceptance
+        elsewhere = self._elsewhere(q, [c for c in cands if c.id not in done], poses)
+        for group in self._query_groups(elsewhere):  # what the early stop skipped at other places
+            verify_round(group)
         # the relocalizer is the query thread's own state: no lock
-        return self.relocalizer.decide(stamp, poses, self._neighbour_check(q), remember=final)
+        return self.relocalizer.decide(stamp, poses, self._neighbour_check(q), remember=final,
+                                       query_xy=q.keypoints.xy)
+
+    def _elsewhere(self, q: Keyframe, rest: list[Keyframe], poses: list[relocalize.CandidatePose]
+                   ) -> list[Keyframe]:
+        """Candidates left unverified by an early stop that lie at another place than the best pose (keyframe
+        farther than reloc.ambiguity_dist_m, loop-corrected) and share descriptor matches with the query
+        (retrieval.min_mutual_matches; every one where there is no such pre-check): the aliasing check."""
+        rc, r = self.conf["reloc"], self.conf["retrieval"]
+        best = relocalize.strong(poses, rc)
+        if not rest or not best or rc["ambiguity_ratio"] <= 0:
+            return []
+        top = max(best, key=lambda p: p.inliers).T_corrected
+        out = []
+        for c in rest:
+            with self.lock:
+                T_c = (self._corrected(c.id) if rc["loop_corrected"] else np.eye(4)) @ c.T_map_cam
+            if relocalize.distance_m(T_c, top) <= rc["ambiguity_dist_m"]:
+                continue
+            n = self.matcher.mutual_matches(q, c, r["mutual_min_cosine"]) if r["min_mutual_matches"] else None
+            if n is None or n >= r["min_mutual_matches"]:
+                out.append(c)
+        return out
 
     def _query_workers(self) -> int:
         """Threads of a relocalization query's description (`reloc.parallel` on CPU), each with the stage's."""

@@ -6,7 +6,21 @@ poses are compared after correcting each candidate's keyframe with this session'
 (`LoopCorrections`: pose graph over the SLAM keyframe poses). The published pose stays in the SLAM frame of
 the best candidate.
 
-Every pose is first checked against the keyframes next to its best candidate (`neighbour_check`; the loop's
+A pose is refused when another place explains the same part of the image (`ambiguity_ratio`): a poster, sign
+or door that exists twice looks the same from close by, and when the view holds little else both copies give a
+pose. The candidates that the early stop would skip are therefore verified too where their keyframes lie
+elsewhere (`ambiguity_dist_m`). A candidate whose pose lies there with at least `ambiguity_ratio` of the best
+candidate's inliers (and `ambiguity_min_inliers`, below `min_inliers`: a weaker view of the other copy still
+counts against the pose, never for one) is a rival; the best pose survives it only when at least
+`ambiguity_min_inliers` of its inliers lie outside the image region of the rival's (their convex hull): image
+content that the other place cannot explain (the wall around the poster), and fewer of the rival's lie outside
+the best's (else each explains something the other does not: inconsistent). With the check on, candidates at
+another place are judged by it alone; the older rule (a disagreeing cluster with half the best's inliers is
+inconsistent) keeps the poses nearby that disagree. Inlier counts alone do not separate
+the cases: a true pose whose view holds a twin poster and a wrong one at the twin both had rivals with 0.35-0.5
+of their inliers (benchmarks/aliased_places.py, night_reloc.py).
+
+Every pose is then checked against the keyframes next to its best candidate (`neighbour_check`; the loop's
 common-region mechanism): their map points, projected with the pose, must match the query. A pose whose
 neighbours' points are in view and do not match is refuted, however many inliers or agreeing candidates it has.
 A pose is then published at once when it is certain:
@@ -41,6 +55,15 @@ OPTIONS = {
     "agree_dist_m": (0.3, "relocalization candidates whose (loop-corrected) poses agree within this distance (m) "
                      "support each other", (0.0, 1e3)),
     "agree_angle_deg": (5.0, "... and within this angle (deg)", (0.0, 180.0)),
+    "ambiguity_ratio": (0.33, "refuse a pose when a candidate at another place (farther than ambiguity_dist_m) "
+                        "gives a pose with at least this fraction of the best candidate's inliers (an aliased "
+                        "place: the same poster twice); 0 = off, higher: refuses fewer", (0.0, 1.0)),
+    "ambiguity_min_inliers": (20, "... and at least this many PnP inliers (below min_inliers: counted against a "
+                              "pose, never for one); the best pose survives a rival with at least this many "
+                              "inliers outside the image region (convex hull) of the rival's", (5, 100000)),
+    "ambiguity_dist_m": (1.5, "another place: a pose or candidate keyframe farther than this (m, loop-corrected) "
+                         "from the best pose; candidates there are verified even after an early stop",
+                         (0.0, 1e3)),
     "strong_inliers": (150, "a single relocalization candidate this strong needs no second one nor confirmation, "
                        "unless its neighbours refute it (lower: more relocalizations, less certain)", (5, 100000)),
     "neighbour_check": (True, "check every pose against the map points of the best candidate's neighbour "
@@ -166,9 +189,53 @@ def cluster(poses: list[CandidatePose], conf: dict) -> list[list[CandidatePose]]
 
 
 def settled(poses: list[CandidatePose], conf: dict) -> bool:
-    """Early stop: two agreeing candidates and no disagreeing one."""
-    clusters = cluster(poses, conf)
+    """Early stop: two agreeing candidates (with min_inliers each) and no disagreeing one."""
+    clusters = cluster(strong(poses, conf), conf)
     return len(clusters) == 1 and len(clusters[0]) >= 2
+
+
+def strong(poses: list[CandidatePose], conf: dict) -> list[CandidatePose]:
+    """The poses with min_inliers (the others only count against a pose: ambiguity)."""
+    return [p for p in poses if p.inliers >= conf["min_inliers"]]
+
+
+def distance_m(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between the positions of two poses T [4 x 4] (m)."""
+    return float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
+
+
+def rival_place(poses: list[CandidatePose], top: CandidatePose, conf: dict, query_xy: np.ndarray | None = None
+                ) -> tuple[CandidatePose, int] | None:
+    """The strongest pose at another place (farther than ambiguity_dist_m from `top`'s) with at least
+    ambiguity_ratio of top's inliers and ambiguity_min_inliers that `top` does not overcome, with the number of
+    top's inliers outside the rival's image region; None when there is none (ambiguity_ratio 0: off).
+    query_xy: [N x 2] the query's keypoint positions (px; None: no image-region test, every rival counts)."""
+    if conf["ambiguity_ratio"] <= 0:
+        return None
+    floor = max(conf["ambiguity_min_inliers"], conf["ambiguity_ratio"] * top.inliers)
+    rivals = sorted((p for p in poses if p.inliers >= floor
+                     and distance_m(p.T_corrected, top.T_corrected) > conf["ambiguity_dist_m"]),
+                    key=lambda p: -p.inliers)
+    n = conf["ambiguity_min_inliers"]
+    for rival in rivals:
+        outside = -1
+        if query_xy is not None and rival.inlier_rows is not None and top.inlier_rows is not None:
+            top_xy, rival_xy = query_xy[top.inlier_rows], query_xy[rival.inlier_rows]
+            outside = outside_region(top_xy, rival_xy)
+            if outside >= n and outside_region(rival_xy, top_xy) < n:
+                continue  # top explains image content that the rival's place does not, and not the reverse
+        return rival, outside
+    return None
+
+
+def outside_region(xy: np.ndarray, region_xy: np.ndarray, margin_px: float = 2.0) -> int:
+    """How many of the points xy [N x 2] lie more than margin_px outside the convex hull of region_xy [M x 2]."""
+    import cv2
+
+    if len(region_xy) < 3:
+        return len(xy)
+    hull = cv2.convexHull(np.asarray(region_xy, np.float32).reshape(-1, 1, 2))
+    return sum(cv2.pointPolygonTest(hull, (float(x), float(y)), True) < -margin_px for x, y in xy)
 
 
 # The engine's check of a pose against the candidate's neighbour keyframes: (most matches of one neighbour,
@@ -194,19 +261,31 @@ class Relocalizer:
         self.recent.clear()
 
     def decide(self, stamp: float, poses: list[CandidatePose], neighbour_check: NeighbourCheck | None = None,
-               remember: bool = True) -> Relocalization:
+               remember: bool = True, query_xy: np.ndarray | None = None) -> Relocalization:
         """The relocalization of a query from its verified candidate poses, or a refusal naming the check.
 
         remember: keep an unconfirmed pose for confirming later queries (False for a first attempt that another
-        attempt at the same query may follow; a published pose is always kept)."""
+        attempt at the same query may follow; a published pose is always kept). query_xy: [N x 2] the query's
+        keypoint positions (px), rows of CandidatePose.inlier_rows (the ambiguity check's image regions)."""
         c = self.conf
-        if not poses:
+        if not strong(poses, c):
             return Relocalization(stamp, False, matched_keyframes=[], reason="too few inliers with every candidate")
-        clusters = cluster(poses, c)
+        clusters = cluster(strong(poses, c), c)
         best = clusters[0]
-        if len(clusters) > 1 and sum(p.inliers for p in clusters[1]) > 0.5 * sum(p.inliers for p in best):
+        others = [cl for cl in clusters[1:] if c["ambiguity_ratio"] <= 0  # else other places: the check below
+                  or distance_m(cl[0].T_corrected, best[0].T_corrected) <= c["ambiguity_dist_m"]]
+        if others and sum(p.inliers for p in others[0]) > 0.5 * sum(p.inliers for p in best):
             return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in poses],
                                   reason="inconsistent: candidates disagree on the pose")
+        found = rival_place(poses, best[0], c, query_xy)
+        if found is not None:
+            rival, outside = found
+            return Relocalization(stamp, False, matched_keyframes=[p.kf_id for p in poses], inliers=best[0].inliers,
+                                  reason=f"ambiguous place: keyframe {rival.kf_id} gives a pose "
+                                         f"{distance_m(rival.T_corrected, best[0].T_corrected):.1f} m away with "
+                                         f"{rival.inliers} inliers (best: keyframe {best[0].kf_id}, "
+                                         f"{best[0].inliers}" + (f", {outside} outside the rival's image region)"
+                                                                 if outside >= 0 else ")"))
         check = neighbour_check(best[0]) if (neighbour_check is not None and c["neighbour_check"]) else None
         top = best[0]
         matches, in_view, nb, refined = check if check is not None else (0, 0, None, None)

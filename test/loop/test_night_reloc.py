@@ -152,6 +152,55 @@ def test_consecutive_queries_confirm_a_lone_pose():
     assert strong.success
 
 
+def test_a_second_place_that_explains_the_query_makes_it_ambiguous():
+    """Two agreeing candidates are refused when a candidate at another place explains a third of what they do,
+    with the numbers in the reason; a rival below min_inliers still counts against them, one below
+    ambiguity_min_inliers or the ratio, or one nearby, does not; a weak pose alone publishes nothing. With the
+    query's keypoints, the best pose survives a rival whose inliers lie inside its own image region."""
+    conf = option_defaults(relocalize.OPTIONS)
+    decider = relocalize.Relocalizer(conf, 12)
+
+    def pose(kf: int, x: float, inliers: int) -> relocalize.CandidatePose:
+        T = np.eye(4)
+        T[0, 3] = x
+        return relocalize.CandidatePose(kf, T, np.eye(6), inliers, T)
+
+    here = [pose(1, 0.0, 200), pose(2, 0.1, 180)]
+    assert decider.decide(1.0, here).success
+    for rival, refused in ((pose(9, 5.0, 150), True), (pose(9, 5.0, 70), True), (pose(9, 5.0, 30), False),
+                           (pose(9, 5.0, 60), False), (pose(9, 1.0, 150), False)):
+        # 70 >= 0.33 x 200; 30 < 0.33 x 200 (and above ambiguity_min_inliers, below min_inliers); 1 m: same place
+        decider.reset()
+        r = decider.decide(2.0, here + [rival])
+        assert r.success != refused, (rival.inliers, rival.T_map_cam[0, 3], r.reason)
+        if refused:
+            assert r.reason.startswith("ambiguous place: keyframe 9 gives a pose 5.0 m away"), r.reason
+            assert f"with {rival.inliers} inliers (best: keyframe 1, 200)" in r.reason
+    weak_rival = [pose(1, 0.0, 60), pose(2, 0.1, 55), pose(9, 5.0, 30)]  # 30 < min_inliers 40, >= 0.33 x 60
+    r = decider.decide(3.0, weak_rival)
+    assert not r.success and r.reason.startswith("ambiguous place"), r.reason
+    assert decider.decide(4.0, [pose(9, 5.0, 30)]).reason == "too few inliers with every candidate"
+    # with the query's keypoints: the best pose survives a rival whose inliers cover only part of its image region
+    xy = np.stack(np.meshgrid(np.arange(20) * 16.0, np.arange(10) * 24.0), -1).reshape(-1, 2)  # 200 over 320x240
+    poster = np.flatnonzero((xy[:, 0] < 150) & (xy[:, 1] < 120))  # the top-left quarter: 50 keypoints
+    twin = relocalize.CandidatePose(9, pose(9, 5.0, 0).T_map_cam, None, len(poster), pose(9, 5.0, 0).T_map_cam,
+                                    poster)
+    wide = [relocalize.CandidatePose(p.kf_id, p.T_map_cam, None, 200, p.T_corrected, np.arange(200)) for p in here]
+    assert decider.decide(4.5, wide + [twin], query_xy=xy).success  # 150 inliers outside the twin's region
+    narrow = [relocalize.CandidatePose(p.kf_id, p.T_map_cam, None, 50, p.T_corrected, poster) for p in here]
+    r = decider.decide(4.6, narrow + [twin], query_xy=xy)  # all inside it: the twin explains the same content
+    assert not r.success and "0 outside the rival's image region" in r.reason, r.reason
+    # the rival's inliers partly outside the best's region too: each explains what the other does not
+    left, right = np.flatnonzero(xy[:, 0] < 200), np.flatnonzero(xy[:, 0] >= 150)  # 130 and 100 keypoints
+    best = relocalize.CandidatePose(1, np.eye(4), None, len(left), np.eye(4), left)
+    apart = relocalize.CandidatePose(9, twin.T_map_cam, None, len(right), twin.T_corrected, right)
+    assert decider.decide(4.7, [best, apart], query_xy=xy).reason.startswith("ambiguous place")
+    # nearby disagreement stays the older rule's: a cluster with half the best's inliers is inconsistent
+    assert decider.decide(5.0, here + [pose(9, 1.0, 200)]).reason.startswith("inconsistent")  # 200 > 380 / 2
+    off = relocalize.Relocalizer({**conf, "ambiguity_ratio": 0.0}, 12)
+    assert off.decide(6.0, here + [pose(9, 5.0, 150)]).success  # the check off: as before it
+
+
 def test_aliased_poster_gives_no_wrong_pose(night):
     """Views of each poster that hangs twice (both copies mapped), from 2 m (the poster under half the view):
     every published pose is the true one; the copies' candidates disagree or the right ones win. (Closer, where
