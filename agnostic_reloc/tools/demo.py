@@ -39,13 +39,13 @@ SESSIONS = {  # session -> (bag of make_bag(split=True), what it holds)
     "night": ("kidnapped", "kidnapped frames at night, session 1's map loaded"),
 }
 MAP_FILE = "map.agrl"  # each mode's session-1 map, in out/<mode>/
-# the demo's world: with it the night relocalization separated the modes on 2026-12-02 (README: numbers, seeds)
+# the demo's world: with it the night revisit separated the modes on 2026-12-04 (README: numbers, seeds)
 DEMO_SEED = 4
 SEGMENT_LEN = 3  # frames per kidnapped segment
 NIGHT_FROM = 0.5  # the lights go out halfway through the revisit lap (trajectory conf lap2_night_from)
-REVISITS = {  # session 1's revisit lap in two parts: key -> label
-    "easy": "easy revisit** (lap 2, first half: evening light)",
-    "night": "night revisit** (lap 2, second half: lights out, noise, 9 px blur)",
+REVISITS = {  # session 1's revisit lap in two parts: key -> (name, what it is)
+    "easy": ("easy revisit", "lap 2, first half: evening light"),
+    "night": ("night revisit", "lap 2, second half: lights out, noise, 9 px blur"),
 }
 RELOC_THRESHOLD = "0.5m_5deg"  # a relocalization within this of the ground truth is a success (eval.loops keys)
 WRONG_THRESHOLD = "5m_10deg"  # a published relocalization beyond this is a wrong pose (benchmarks/night_reloc.py)
@@ -227,8 +227,8 @@ def segments_table(runs: dict[str, dict[str, dict]]) -> str:
              row("**day** (session 1): keyframes", lambda n: _n(n["keyframes"])),
              row("day: loops accepted / false", lambda n: f"{n['loops']} / {_n(n['false_loops'])}"),
              row("day: loop recall @100% precision", lambda n: _rate(n["loop_recall_at_100p"]))]
-    for key, label in REVISITS.items():
-        lines.append(row(f"**day, {label}: loop recall @100% P (true loops / keyframes with a revisit)",
+    for key, (name, what) in REVISITS.items():
+        lines.append(row(f"**day, {name}** ({what}): loop recall @100% P (true loops / keyframes with a revisit)",
                          lambda n, key=key: _part(n["revisits"].get(key))))
     lines += [row("day: keyframe ATE before -> after pose graph (m)",
                   lambda n: "-" if n["ate_before_m"] is None else f"{n['ate_before_m']:.3f} -> {n['ate_after_m']:.3f}"),
