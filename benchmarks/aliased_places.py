@@ -31,22 +31,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 OUTCOMES = ("right", "wrong", "refused")
 
 
-def poster_view(poster, distance: float, height: float = 1.4) -> np.ndarray:
-    """T_world_cam [4 x 4] of a camera `distance` m in front of a poster's centre, at `height`, looking at it."""
-    from agnostic_reloc.world.trajectory import look_pose
-
-    centre = poster.corners.mean(0)
-    normal = np.cross(poster.corners[1] - poster.corners[0], poster.corners[3] - poster.corners[0])
-    normal /= np.linalg.norm(normal)
-    if np.dot(normal, np.array([0.0, 0.0, height]) - centre) < 0:  # towards the room
-        normal = -normal
-    eye = centre + distance * normal
-    eye[2] = height
-    view = centre - eye
-    return look_pose(eye, np.arctan2(view[1], view[0]), np.arcsin(view[2] / np.linalg.norm(view)))
-
-
-def run_seed(seed: int, modes: list[str], distances: list[float], size: tuple[int, int], progress: bool) -> dict:
+def run_seed(seed: int, modes: list[str], distances: list[float], size: tuple[int, int], progress: bool,
+             reloc: dict | None = None) -> dict:
     from tqdm import tqdm
 
     from agnostic_reloc.features.detectors import detect
@@ -56,6 +42,7 @@ def run_seed(seed: int, modes: list[str], distances: list[float], size: tuple[in
     from agnostic_reloc.types import KeyframeEvent
     from agnostic_reloc.world import make_sequence
     from agnostic_reloc.world.render import render
+    from agnostic_reloc.world.trajectory import facing_pose
 
     w, h = size
     conf = {"camera": {"width": w, "height": h, "f": 250.0 * w / 320},
@@ -66,7 +53,7 @@ def run_seed(seed: int, modes: list[str], distances: list[float], size: tuple[in
     events = [e for e in events_from_sequence(seq) if isinstance(e, KeyframeEvent)]
     out: dict = {}
     for mode in modes:
-        engine = Engine({**PRESETS[mode], "device": "cpu"})
+        engine = Engine({**PRESETS[mode], "device": "cpu", "reloc": reloc or {}})
         keyframes = {}
         for ev in tqdm(events, desc=f"seed {seed} {mode}: map", disable=not progress):
             kf = engine.make_keyframe_from(ev)
@@ -75,7 +62,7 @@ def run_seed(seed: int, modes: list[str], distances: list[float], size: tuple[in
         for d in distances:
             rows, seconds = [], []
             for n, poster in enumerate(tqdm(posters, desc=f"seed {seed} {mode}: {d} m", disable=not progress)):
-                T_world_cam = poster_view(poster, d)
+                T_world_cam = facing_pose(poster.corners, d)
                 image, _, plane_id = render(seq.scene, T_world_cam, seq.K, seq.image_size,
                                             {"gain": 0.9, "noise_std": 2.0})
                 engine.relocalizer.reset()  # alone: no earlier query confirms it
@@ -141,6 +128,8 @@ def main() -> int:
     ap.add_argument("--distances", type=float, nargs="+", default=[2.0, 1.3],
                     help="camera distance in front of the poster (m)")
     ap.add_argument("--size", type=int, nargs=2, default=(320, 240), help="image width and height (f scales)")
+    ap.add_argument("--no-ambiguity-check", action="store_true",
+                    help="reloc.ambiguity_ratio 0: the decision before the ambiguity check")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
 
@@ -148,8 +137,10 @@ def main() -> int:
     path = os.path.join(args.out, "aliased_places.json")
     results = json.load(open(path)) if os.path.exists(path) else {"seeds": {}}
     for seed in args.seeds:
+        reloc = {"ambiguity_ratio": 0.0} if args.no_ambiguity_check else {}
         results["seeds"][str(seed)] = run_seed(seed, args.modes, args.distances, tuple(args.size),
-                                               not args.no_progress)
+                                               not args.no_progress, reloc)
+        results["reloc"] = reloc
         results["size"] = list(args.size)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)

@@ -8,9 +8,10 @@ mode maps the lap once; the kidnapped frames are then queried under several deci
                  confirmation)
   ensemble-always  features.query_ensemble_when always (the ensemble keypoints matched on every query)
   no-ensemble    features.query_ensemble 0 (SLAM keypoints only on the query side)
+  no-ambiguity   reloc.ambiguity_ratio 0: no refusal of ambiguous places (aliasing check off)
   no-confirm     reloc.confirm_frames 10: a single candidate without neighbour support is never confirmed by
                  the next frames (only agreeing candidates, a neighbour or strong_inliers publish a pose)
-  before         the rule before this study: no ensemble, no neighbour check, no confirmation
+  before         the rule before this study: no ensemble, no neighbour check, no confirmation, no ambiguity check
 
 Success: within 0.5 m / 5 deg of the ground truth; wrong: a published pose off by more than 5 m or 10 deg.
 Writes JSON (per seed, mode, variant and level) and a PNG. Usage:
@@ -36,7 +37,9 @@ VARIANTS = {  # query-time overrides of the shipped defaults (sections of the en
     "ensemble-always": {"features": {"query_ensemble_when": "always"}},
     "no-ensemble": {"features": {"query_ensemble": 0}},
     "no-confirm": {"reloc": {"confirm_frames": 10}},
-    "before": {"features": {"query_ensemble": 0}, "reloc": {"neighbour_check": False, "confirm_frames": 10}},
+    "no-ambiguity": {"reloc": {"ambiguity_ratio": 0.0}},
+    "before": {"features": {"query_ensemble": 0},
+               "reloc": {"neighbour_check": False, "confirm_frames": 10, "ambiguity_ratio": 0.0}},
 }
 LEVEL_NAMES = ("day", "night 1", "night 2", "night 3")
 

@@ -268,9 +268,10 @@ class Relocalizer:
         attempt at the same query may follow; a published pose is always kept). query_xy: [N x 2] the query's
         keypoint positions (px), rows of CandidatePose.inlier_rows (the ambiguity check's image regions)."""
         c = self.conf
-        if not strong(poses, c):
+        usable = strong(poses, c)
+        if not usable:
             return Relocalization(stamp, False, matched_keyframes=[], reason="too few inliers with every candidate")
-        clusters = cluster(strong(poses, c), c)
+        clusters = cluster(usable, c)
         best = clusters[0]
         others = [cl for cl in clusters[1:] if c["ambiguity_ratio"] <= 0  # else other places: the check below
                   or distance_m(cl[0].T_corrected, best[0].T_corrected) <= c["ambiguity_dist_m"]]

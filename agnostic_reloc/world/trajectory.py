@@ -144,6 +144,20 @@ def look_pose(position: np.ndarray, yaw: float, pitch: float = 0.0, roll: float 
     return T
 
 
+def facing_pose(corners: np.ndarray, distance: float, height: float = 1.4) -> np.ndarray:
+    """T_world_cam [4 x 4] of a camera `distance` m in front of a plane's centre (corners [4 x 3], the room side
+    being the one that faces the point (0, 0, height)), at `height` m, looking at that centre."""
+    centre = corners.mean(0)
+    normal = np.cross(corners[1] - corners[0], corners[3] - corners[0])
+    normal /= np.linalg.norm(normal)
+    if np.dot(normal, np.array([0.0, 0.0, height]) - centre) < 0:  # towards the room
+        normal = -normal
+    eye = centre + distance * normal
+    eye[2] = height
+    view = centre - eye
+    return look_pose(eye, np.arctan2(view[1], view[0]), np.arcsin(view[2] / np.linalg.norm(view)))
+
+
 class _Path:
     """Arc-length parametrised superellipse |x/a|^p + |y/b|^p = 1, counter-clockwise."""
 

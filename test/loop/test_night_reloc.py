@@ -206,7 +206,7 @@ def test_aliased_poster_gives_no_wrong_pose(night):
     every published pose is the true one; the copies' candidates disagree or the right ones win. (Closer, where
     the poster fills most of the view, the place is ambiguous: README, relocalization at night.)"""
     from agnostic_reloc.world.render import render
-    from agnostic_reloc.world.trajectory import look_pose
+    from agnostic_reloc.world.trajectory import facing_pose
 
     seq, engine, keyframes, _ = night
     scene = seq.scene
@@ -214,15 +214,7 @@ def test_aliased_poster_gives_no_wrong_pose(night):
     assert len(posters) >= 2, "the world has aliased posters"
     published = 0
     for n, poster in enumerate(posters):
-        centre = poster.corners.mean(0)
-        normal = np.cross(poster.corners[1] - poster.corners[0], poster.corners[3] - poster.corners[0])
-        normal /= np.linalg.norm(normal)
-        if np.dot(normal, np.array([0.0, 0.0, 1.4]) - centre) < 0:  # towards the room
-            normal = -normal
-        eye = centre + 2.0 * normal
-        eye[2] = 1.4
-        view = centre - eye
-        T_world_cam = look_pose(eye, np.arctan2(view[1], view[0]), np.arcsin(view[2] / np.linalg.norm(view)))
+        T_world_cam = facing_pose(poster.corners, 2.0)
         image, _, plane_id = render(scene, T_world_cam, seq.K, seq.image_size, {"gain": 0.9, "noise_std": 2.0})
         engine.relocalizer.reset()
         r = engine.relocalize(1000.0 + 10 * n, image, seq.K, detect(image, "orb", 1000))
