@@ -39,7 +39,7 @@ RUNTIME_PACKAGES = {  # backend -> modules it needs (export goes through ONNX, h
     "openvino": ("openvino", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
 }
-GRAPH_FORMAT = 3  # bump when the export code changes what a cached graph contains
+GRAPH_FORMAT = 4  # bump when the export code changes what a cached graph contains
 OPSET = 17  # ONNX opset of the exported graphs
 
 default_runtime_conf = {

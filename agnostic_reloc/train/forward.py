@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from kornia.feature import LightGlue
 
+from ..inference.lightglue_runtime import cross_attention
 from ..matching.lightglue import assignment, normalize_keypoints, run_layer
 
 
@@ -30,7 +31,7 @@ def _masked_layer(layer, x0: torch.Tensor, x1: torch.Tensor, enc0: torch.Tensor,
 
     x0 = layer.self_attn(x0, enc0, same(v0, v0))
     x1 = layer.self_attn(x1, enc1, same(v1, v1))
-    return layer.cross_attn(x0, x1, same(v0, v1))
+    return cross_attention(layer.cross_attn, x0, x1, same(v0, v1))
 
 
 def forward_train(net: LightGlue, data: dict, confidence: bool = True) -> dict:

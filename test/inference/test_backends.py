@@ -146,6 +146,33 @@ def test_auto_backend_is_per_network(torch_aliked, cache):
         assert DenseMapRunner(model, cache_dir=cache).backend == INSTALLED[0]
 
 
+def test_fused_cross_attention_equals_kornia(orb_pair):
+    """Our cross-attention (one fused attention per direction) computes kornia's CrossBlock, with and without a
+    mask (pruned points, a point with nothing to attend to), on the states of a real pair."""
+    from agnostic_reloc.inference.lightglue_runtime import cross_attention
+
+    net = build_network("aliked").eval()
+    block = net.transformers[0].cross_attn
+    with torch.inference_mode():
+        x0, x1 = (net.input_proj(torch.as_tensor(f["descriptors"])[None]) for f in orb_pair)
+        for a, b in zip(cross_attention(block, x0, x1), block(x0, x1)):
+            assert (a - b).abs().max() < 1e-4
+        torch.manual_seed(0)
+        mask = (torch.rand(len(x0[0]), len(x1[0])) > 0.3)[None, None]
+        mask[..., 5, :] = False  # query point 5 sees no candidate point
+        ours, ref = cross_attention(block, x0, x1, mask), block(x0, x1, mask)
+        for a, b in zip(ours, ref):
+            assert torch.isfinite(a).all() and (a - b).abs().max() < 1e-4
+
+
+def test_auto_lightglue_backend_follows_the_thread_count(cache):
+    """'auto' runs LightGlue in torch with one intra-op thread (measured fastest there, idle and loaded) and on the
+    first installed runtime with more."""
+    net = build_network("aliked")
+    assert LayerRunner(net, threads=1, cache_dir=cache).backend == "torch"
+    assert LayerRunner(net, threads=2, cache_dir=cache).backend == (INSTALLED[0] if INSTALLED else "torch")
+
+
 @pytest.mark.parametrize("backend", RUNTIMES)
 def test_lightglue_layers_give_the_torch_matches(backend, orb_pair, torch_matches):
     f0, f1 = orb_pair
