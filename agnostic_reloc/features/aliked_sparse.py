@@ -48,6 +48,25 @@ def size_max(a, b):
     return torch.maximum(a, b) if isinstance(b, torch.Tensor) else a.clamp(min=b)
 
 
+def bilinear_corners(ys: torch.Tensor, xs: torch.Tensor, h: int, w: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four corners around float pixel positions (ys, xs) [...] of an h x w map, for bilinear sampling with zero
+    padding (grid_sample's `zeros`, torchvision's deformable convolution): corner rows [... x 4] and columns
+    [... x 4] (clamped inside the map) and weights [... x 4] (zero for corners outside the map)."""
+    y0, x0 = ys.floor(), xs.floor()
+    fy, fx = ys - y0, xs - x0
+    y0, x0 = y0.long(), x0.long()
+    cys, cxs, weights = [], [], []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        cy, cx = y0 + dy, x0 + dx
+        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        wgt = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
+        cys.append(cy.clamp(0, h - 1))
+        cxs.append(cx.clamp(0, w - 1))
+        weights.append(torch.where(inside, wgt, torch.zeros_like(wgt)))
+    return torch.stack(cys, -1), torch.stack(cxs, -1), torch.stack(weights, -1)
+
+
 def deform_conv(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """kornia's `DeformableConv2d` (DCNv1: one offset group, no mask, stride 1) as one bilinear gather + one matmul.
@@ -79,21 +98,11 @@ def deform_conv(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor |
         return out if bias is None else out + bias.view(1, -1, 1, 1)
     # rows [B*H*W x C] of the channels-last map (a view when x is channels-last, as the backbone keeps it)
     rows = x.permute(0, 2, 3, 1).reshape(-1, c)
-    ys, xs = ys.permute(0, 2, 3, 1), xs.permute(0, 2, 3, 1)  # [B x H x W x K]: samples of one pixel together
-    y0, x0 = ys.floor(), xs.floor()
-    fy, fx = ys - y0, xs - x0
-    y0, x0 = y0.long(), x0.long()
-    first = (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1)
-    ids, weights = [], []
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        cy, cx = y0 + dy, x0 + dx
-        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)  # zero padding outside the map
-        wgt = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
-        ids.append(first + cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))
-        weights.append(torch.where(inside, wgt, torch.zeros_like(wgt)))
+    # [B x H x W x K x 4]: the corners of one pixel's samples together
+    cy, cx, weights = bilinear_corners(ys.permute(0, 2, 3, 1), xs.permute(0, 2, 3, 1), h, w)
+    ids = (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1) + cy * w + cx
     # [B*H*W*K x C]: the bilinear sample of each kernel point, then [B*H*W x K*C] @ [K*C x O]
-    sampled = F.embedding_bag(torch.stack(ids, -1).view(-1, 4), rows,
-                              per_sample_weights=torch.stack(weights, -1).view(-1, 4), mode="sum")
+    sampled = F.embedding_bag(ids.view(-1, 4), rows, per_sample_weights=weights.view(-1, 4), mode="sum")
     w_kc = weight.permute(0, 2, 3, 1).reshape(conv.out_channels, kk * c)  # (kernel point, channel) order
     out = sampled.view(-1, kk * c) @ w_kc.T if bias is None else torch.addmm(bias, sampled.view(-1, kk * c), w_kc.T)
     return out.view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last [B x O x H x W]
@@ -173,15 +182,11 @@ def _upsampled(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, size: tuple
     c, h, w = maps.shape
     rows = maps.permute(1, 2, 0)
     if maps.device.type == "cpu" and rows.is_contiguous():
-        sy = y.double() * ((h - 1) / max(hp - 1, 1))  # source positions (align_corners)
+        sy = y.double() * ((h - 1) / max(hp - 1, 1))  # source positions (align_corners): inside the map
         sx = x.double() * ((w - 1) / max(wp - 1, 1))
-        y0, x0 = sy.floor().clamp(max=h - 1), sx.floor().clamp(max=w - 1)
-        fy, fx = (sy - y0).float(), (sx - x0).float()
-        y0, x0 = y0.long(), x0.long()
-        y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
-        ids = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], 1)
-        weights = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], 1).to(maps.dtype)
-        return F.embedding_bag(ids, rows.reshape(-1, c), per_sample_weights=weights, mode="sum")
+        cy, cx, weights = bilinear_corners(sy, sx, h, w)
+        return F.embedding_bag(cy * w + cx, rows.reshape(-1, c), per_sample_weights=weights.to(maps.dtype),
+                               mode="sum")
     gx = x.float() * (2.0 / max(wp - 1, 1)) - 1.0  # positions in float32, cast for the call (fp16 maps on CUDA)
     gy = y.float() * (2.0 / max(hp - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], -1).view(1, 1, -1, 2).to(maps.dtype)
@@ -248,21 +253,11 @@ class SparseSddh:
         # bilinear samples of the map at the deformable positions (grid_sample, zero padding, align_corners)
         pos = (kpts[:, None] + offset).reshape(-1, 2)  # [N*M x 2] pixels (x, y) of the unpadded map
         pos = (2.0 * pos / wh - 1 + 1) / 2 * wh  # the round trip through grid_sample's coordinates
-        x0, y0 = pos[:, 0].floor(), pos[:, 1].floor()
-        fx, fy = pos[:, 0] - x0, pos[:, 1] - y0
-        x0, y0 = x0.long(), y0.long()
-        cys, cxs, weights = [], [], []
-        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-            cy_, cx_ = y0 + dy, x0 + dx
-            inside = (cx_ >= 0) & (cx_ < w) & (cy_ >= 0) & (cy_ < h)  # zero padding outside the map
-            wgt = (fy if dy else 1 - fy) * (fx if dx else 1 - fx)
-            cys.append(cy_.clamp(0, h - 1))
-            cxs.append(cx_.clamp(0, w - 1))
-            weights.append(torch.where(inside, wgt, torch.zeros_like(wgt)))
-        ids, inverse = self._unique_ids(maps, pad, torch.stack(cys, 1).view(-1), torch.stack(cxs, 1).view(-1))
+        cys, cxs, weights = bilinear_corners(pos[:, 1], pos[:, 0], h, w)  # [N*M x 4] each
+        ids, inverse = self._unique_ids(maps, pad, cys.view(-1), cxs.view(-1))
         # weighted sum of each sample's four corners without materialising [4*N*M x D]
         feats = self.features_at(maps, ids)
-        weights = torch.stack(weights, 1).to(feats.dtype)  # [N*M x 4]
+        weights = weights.to(feats.dtype)
         sampled = F.embedding_bag(inverse.view(-1, 4), feats, per_sample_weights=weights, mode="sum")  # [N*M x D]
 
         d = sampled.shape[1]
