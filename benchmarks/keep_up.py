@@ -12,6 +12,7 @@ keyframe backlog is back at zero) and relocalization query latency (kidnap profi
 frames). Prints tables, writes keep_up.json and keep_up.png (backlog over time).
 
     .venv/bin/python benchmarks/keep_up.py --out benchmarks/results/keep_up [--rates 1 2 5] [--backend auto]
+    .venv/bin/python benchmarks/keep_up.py --rates --skip-burst --skip-queries   # the non-paced run only
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="keep_up_out")
-    ap.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    ap.add_argument("--rates", type=float, nargs="*", default=[1.0, 2.0, 5.0], help="paced rates (none: no paced run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=None, help="frames of the sequence (default: two full laps)")
     ap.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "onnxruntime"))
@@ -170,6 +171,7 @@ def main() -> None:
     ap.add_argument("--skip-unpaced", action="store_true")
     ap.add_argument("--burst", type=float, nargs=2, default=[5.0, 5.0], metavar=("RATE", "SECONDS"),
                     help="also a run at 1 keyframe/s with a burst of RATE keyframes/s for SECONDS in the second lap")
+    ap.add_argument("--skip-burst", action="store_true", help="no burst run")
     ap.add_argument("--skip-queries", action="store_true", help="no relocalization query latency run")
     args = ap.parse_args()
     torch.set_num_threads(stage_threads(args.threads))
@@ -194,11 +196,12 @@ def main() -> None:
             print(f"  {stage:16s} p50 {p['p50']:8.1f} ms  p90 {p['p90']:8.1f}  max {p['max']:8.1f}")
     report["paced"] = [paced(conf, events, r) for r in args.rates]
     n_kf = sum(isinstance(e, KeyframeEvent) for e in events)
-    report["burst"] = paced(conf, events, 1.0, burst=(n_kf // 2, *args.burst))
-    b = report["burst"]["burst"]
-    print(f"\nburst of {b['rate']:g} keyframes/s for {b['seconds']:g} s ({b['keyframes']} keyframes, second lap) at 1 "
-          f"keyframe/s: keyframe backlog back to zero {b['keyframe_backlog_zero_after_s']} s after it; lag "
-          f"{report['burst']['lag_ms']}")
+    if not args.skip_burst:
+        report["burst"] = paced(conf, events, 1.0, burst=(n_kf // 2, *args.burst))
+        b = report["burst"]["burst"]
+        print(f"\nburst of {b['rate']:g} keyframes/s for {b['seconds']:g} s ({b['keyframes']} keyframes, second lap) "
+              f"at 1 keyframe/s: keyframe backlog back to zero {b['keyframe_backlog_zero_after_s']} s after it; lag "
+              f"{report['burst']['lag_ms']}")
     if not args.skip_queries:
         report["queries"] = qr = queries(conf)
         lat = qr["latency_ms"]
@@ -212,8 +215,10 @@ def main() -> None:
         print(f"| {r['rate']:g} | {f(k)} | {f(v)} | {r['max_keyframe_backlog']} + {r['max_verify_backlog']} "
               f"| {r['drain_s']} |")
     (out / "keep_up.json").write_text(json.dumps(report, indent=1))
-    plot(report["paced"] + [report["burst"]], out / "keep_up.png")
-    print(f"wrote {out / 'keep_up.json'} and {out / 'keep_up.png'}")
+    runs = report["paced"] + ([report["burst"]] if "burst" in report else [])
+    if runs:
+        plot(runs, out / "keep_up.png")
+    print(f"wrote {out / 'keep_up.json'}" + (f" and {out / 'keep_up.png'}" if runs else ""))
 
 
 if __name__ == "__main__":
