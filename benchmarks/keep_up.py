@@ -207,8 +207,9 @@ def main() -> None:
         lat = qr["latency_ms"]
         print(f"\nrelocalization queries (kidnap, seed {qr['seed']}): {qr['queries']} queries, latency p50 "
               f"{lat['p50']:.0f} ms, p90 {lat['p90']:.0f}, max {lat['max']:.0f}; placed {qr['success_at']}")
-    print("\n| keyframes/s | keyframe lag p50 / p95 / max (s) | loop-check lag p50 / p95 / max (s) | max backlog "
-          "| drain after last (s) |\n|---|---|---|---|---|")
+    if report["paced"]:
+        print("\n| keyframes/s | keyframe lag p50 / p95 / max (s) | loop-check lag p50 / p95 / max (s) | max backlog "
+              "| drain after last (s) |\n|---|---|---|---|---|")
     for r in report["paced"]:
         k, v = r["lag_ms"].get("keyframe", {}), r["lag_ms"].get("loop_check", {})
         f = lambda p: " / ".join(f"{p.get(q, float('nan')) / 1e3:.2f}" for q in ("p50", "p95", "max"))  # noqa: E731
