@@ -3,12 +3,12 @@
 No early exit and no pruning: all layers run on all valid points. Pairs of a batch have different keypoint
 counts, so inputs are padded and `mask0` / `mask1` say which entries are real.
 
-Padding and gradients: `matching.lightglue.run_layer` masks padded points out as keys, which leaves each padded
-*query* row with nothing to attend to. The forward output is fine (kornia replaces the NaN of such a row by 0)
-but the backward of softmax over an all-masked row is NaN and poisons the weight gradients. With padding, this
-module therefore appends one dummy padded token to each side and lets padded tokens attend only to padded
-tokens (real tokens still see only real tokens, so their values are exactly those of `run_layer`). Without
-padding (e.g. batch size 1) `run_layer` itself is used.
+Padding and gradients: `inference.lightglue_runtime.run_layer` masks padded points out as keys, which leaves each
+padded *query* row with nothing to attend to. The forward output is fine (kornia replaces the NaN of such a row by
+0) but the backward of softmax over an all-masked row is NaN and poisons the weight gradients. With padding, this
+module therefore appends one dummy padded token to each side and lets padded tokens attend only to padded tokens
+(real tokens still see only real tokens, so their values are exactly those of `run_layer`). Without padding (e.g.
+batch size 1) `run_layer` itself is used.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from kornia.feature import LightGlue
 
-from ..inference.lightglue_runtime import cross_attention
-from ..matching.lightglue import assignment, normalize_keypoints, run_layer
+from ..inference.lightglue_runtime import cross_attention, run_layer
+from ..matching.lightglue import assignment, normalize_keypoints
 
 
 def _masked_layer(layer, x0: torch.Tensor, x1: torch.Tensor, enc0: torch.Tensor, enc1: torch.Tensor,
